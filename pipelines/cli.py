@@ -1,0 +1,160 @@
+"""The `omniway` command line.
+
+Heavy libraries (ray, mlflow, torch) are imported only by the subcommands that
+need them, so `omniway --help` and a fully cached `omniway run` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pipeline", help="pipeline YAML file, e.g. pipelines/configs/demo.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                   help="override a stage config value (repeatable); VALUE is parsed as YAML")
+    p.add_argument("--workdir", default=os.environ.get("OMNIWAY_WORKDIR", ".omniway"),
+                   help="where default storage and the MLflow database live (default: .omniway)")
+    p.add_argument("--storage", default=None,
+                   help="storage root (local path or pyarrow.fs URI); overrides the pipeline's")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, then "
+                        "sqlite:///<workdir>/mlflow.db)")
+
+
+def _add_selection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--only", action="append", default=[], metavar="STAGE",
+                   help="run just this stage (repeatable); its inputs must be cached")
+    p.add_argument("--from", dest="from_", metavar="STAGE", help="run STAGE and everything below it")
+    p.add_argument("--to", metavar="STAGE", help="run STAGE and everything it needs")
+    p.add_argument("--force", action="store_true", help="rerun the selected stages even if cached")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="omniway",
+        description="Multimodal pretraining as a DAG of cached stages on Ray, tracked in MLflow.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the stale stages of a pipeline")
+    _add_pipeline_args(run)
+    _add_selection_args(run)
+    run.add_argument("--address", default=None,
+                     help="Ray cluster to run on (default: $RAY_ADDRESS, else an embedded local Ray)")
+
+    status = sub.add_parser("status", help="state, key, last run and MLflow run of each stage")
+    _add_pipeline_args(status)
+
+    stages = sub.add_parser("stages", help="registered stage kinds with their config fields")
+    stages.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="also import MODULE, which registers more stage kinds (repeatable)")
+
+    submit = sub.add_parser("submit", help="submit `omniway run` to a Ray cluster as a Ray Job")
+    _add_pipeline_args(submit)
+    _add_selection_args(submit)
+    submit.add_argument("--address", required=True,
+                        help="Ray Jobs address of the head, e.g. http://127.0.0.1:8265")
+    submit.add_argument("--working-dir", default=".",
+                        help="directory shipped to the cluster as the job's working dir (default: .)")
+    submit.add_argument("--wait", action="store_true",
+                        help="stream the job's logs and exit with its outcome")
+
+    jobs = sub.add_parser("jobs", help="list, follow or stop submitted runs")
+    jobs.add_argument("action", choices=["list", "logs", "stop", "status"])
+    jobs.add_argument("job_id", nargs="?")
+    jobs.add_argument("--address", default=os.environ.get("RAY_JOBS_ADDRESS", "http://127.0.0.1:8265"))
+    jobs.add_argument("--follow", action="store_true", help="with logs: stream until the job ends")
+    return parser
+
+
+def _load(args):
+    from pipelines.config import load_pipeline
+
+    return load_pipeline(args.pipeline, args.overrides, workdir=args.workdir,
+                         tracking_uri=args.tracking_uri, storage=args.storage)
+
+
+def cmd_run(args) -> int:
+    from pipelines.runner import format_summary, run_pipeline
+
+    spec = _load(args)
+    report = run_pipeline(spec, only=args.only or None, from_=args.from_, to=args.to,
+                          force=args.force, dry_run=args.dry_run, address=args.address)
+    if args.dry_run:
+        return 0
+    print()
+    print(format_summary(report))
+    if report.tracking_uri and report.parent_run_id:
+        print(f"\nMLflow: mlflow ui --backend-store-uri {report.tracking_uri}"
+              f"   (run {report.parent_run_id})")
+    for r in report.results.values():
+        if r.state != "failed":
+            continue
+        print(f"\nomniway: stage {r.name!r} failed: {r.error}\n"
+              f"  Its MLflow run {r.run_id} holds the error; fix the cause and rerun: cached stages "
+              f"are kept and only {r.name!r} and what depends on it run again.", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def cmd_status(args) -> int:
+    from pipelines.runner import stage_status
+
+    spec = _load(args)
+    rows = stage_status(spec)
+    cols = ["stage", "kind", "state", "key", "last_run", "mlflow_run_id", "why"]
+    table = [cols] + [[str(r[c]) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    print(f"\nstorage: {spec.storage}\nmlflow:  {spec.tracking_uri}")
+    return 0
+
+
+def cmd_stages(args) -> int:
+    from pipelines.registry import all_kinds, load_modules
+    from pipelines.typed import describe_fields
+
+    load_modules(tuple(args.plugin))
+    if not all_kinds():
+        print("no stage kinds are registered")
+    for kind in all_kinds().values():
+        print(f"{kind.name}  (version {kind.version}, num_cpus {kind.num_cpus:g})  {kind.description}")
+        for name, tp, default in describe_fields(kind.config):
+            print(f"    {name}: {tp} = {default}")
+    return 0
+
+
+def cmd_submit(args) -> int:
+    from pipelines.jobs import submit_run
+
+    return submit_run(args)
+
+
+def cmd_jobs(args) -> int:
+    from pipelines.jobs import jobs_command
+
+    return jobs_command(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Pipeline plugins are modules of the user's project: import them from the
+    # current directory, as `python -m` would.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    handler = {"run": cmd_run, "status": cmd_status, "stages": cmd_stages,
+               "submit": cmd_submit, "jobs": cmd_jobs}[args.command]
+    from pipelines.typed import ConfigError
+
+    try:
+        return handler(args)
+    except ConfigError as e:
+        print(f"omniway: config error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""What a stage kind's function receives: config, inputs, a place to write, tracking."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines.manifest import Manifest
+
+
+@dataclass
+class StageContext:
+    """Everything one stage execution may use.
+
+    Args:
+        pipeline: pipeline name.
+        stage: this stage's name in the pipeline.
+        kind: the registered kind name.
+        key: the cache key of this execution.
+        config: the kind's config dataclass instance (resolved, validated).
+        inputs: upstream stage name -> its committed `Manifest`, in `needs` order.
+        output_dir: a fresh local directory; everything written here becomes the
+            stage output when the function returns without raising.
+        output_uri: where the output will live once committed.
+        run_id: this stage's MLflow run id (None when tracking is off).
+        tracking_uri: the MLflow tracking URI to log to.
+        storage_uri: the storage root, for stages that write straight to it.
+    """
+
+    pipeline: str
+    stage: str
+    kind: str
+    key: str
+    config: Any
+    inputs: dict[str, Manifest]
+    output_dir: str
+    output_uri: str
+    run_id: str | None = None
+    tracking_uri: str | None = None
+    storage_uri: str = ""
+    # Filled by the stage, read by the runner when it writes the manifest.
+    rows: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    schema_version: str | None = None
+    _client: Any = field(default=None, repr=False)
+
+    # -- inputs ------------------------------------------------------------
+    def input(self, kind: str) -> Manifest:
+        """The one input produced by a stage of `kind` (error if none or several)."""
+        found = self.inputs_of_kind(kind)
+        if len(found) != 1:
+            names = {name: m.kind for name, m in self.inputs.items()}
+            raise ValueError(f"stage {self.stage!r} needs exactly one input of kind {kind!r}; "
+                             f"its inputs are {names}")
+        return found[0]
+
+    def inputs_of_kind(self, kind: str) -> list[Manifest]:
+        return [m for m in self.inputs.values() if m.kind == kind]
+
+    # -- outputs -----------------------------------------------------------
+    def set_rows(self, rel_path: str, rows: int) -> None:
+        """Record the row count of one output file (goes into the manifest)."""
+        self.rows[rel_path] = int(rows)
+
+    def scratch_dir(self) -> str:
+        """A local temporary directory that is not part of the output."""
+        return tempfile.mkdtemp(prefix=f"omniway-{self.stage}-scratch-")
+
+    # -- tracking ----------------------------------------------------------
+    @property
+    def client(self):
+        if self._client is None and self.run_id:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Log metrics to this stage's MLflow run (no-op when tracking is off)."""
+        if not self.client or not metrics:
+            return
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        """Attach a file (a plot, a table) to this stage's MLflow run."""
+        if self.client and os.path.exists(local_path):
+            self.client.log_artifact(self.run_id, local_path, artifact_path)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.client:
+            for k, v in tags.items():
+                self.client.set_tag(self.run_id, k, str(v))

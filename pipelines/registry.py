@@ -1,0 +1,91 @@
+"""Stage kinds: a name, a config dataclass, a code version and a function.
+
+A stage kind is registered once, at import time of the module that defines it:
+
+    @stage_kind("corpus", config=CorpusConfig, version="1", num_cpus=0)
+    def corpus(ctx: StageContext) -> dict[str, float]:
+        ...
+
+The version is part of every cache key of that kind: bump it when the kind's
+output changes for the same config and inputs. Modules that register kinds
+must stay cheap to import (no ray, torch or pyarrow at module level): the
+planner imports them for every `omniway run`, including fully cached ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+# Modules whose import registers the built-in stage kinds. Each must be light.
+BUILTIN_STAGE_MODULES: tuple[str, ...] = ("pipelines.stages",)
+
+
+@dataclass(frozen=True)
+class StageKind:
+    """One registered stage kind.
+
+    Args:
+        name: the name pipelines refer to in `uses:`.
+        config: a dataclass type; the stage's `with:` mapping loads into it strictly.
+        version: code version, part of every cache key of this kind.
+        fn: `fn(ctx: StageContext) -> dict[str, float]` producing the stage output.
+        num_cpus: CPUs the Ray task running `fn` reserves. Kinds that only
+            orchestrate other Ray work (Ray Data, Ray Train) use 0 so they do
+            not hold a CPU their own workers need.
+        description: one line for `omniway stages`.
+    """
+
+    name: str
+    config: type
+    version: str
+    fn: Callable[[Any], dict[str, float] | None]
+    num_cpus: float = 1.0
+    description: str = ""
+
+
+_KINDS: dict[str, StageKind] = {}
+
+
+class UnknownStageKind(KeyError):
+    pass
+
+
+def stage_kind(name: str, *, config: type, version: str, num_cpus: float = 1.0,
+               description: str = "") -> Callable:
+    """Decorator registering `fn` as the stage kind `name`."""
+    if not dataclasses.is_dataclass(config):
+        raise TypeError(f"stage kind {name!r}: config must be a dataclass, got {config!r}")
+
+    def register(fn: Callable) -> Callable:
+        existing = _KINDS.get(name)
+        if existing is not None and (existing.fn.__module__, existing.fn.__qualname__) != (
+                fn.__module__, fn.__qualname__):
+            raise ValueError(f"stage kind {name!r} is already registered by "
+                             f"{existing.fn.__module__}.{existing.fn.__qualname__}")
+        doc = description or (fn.__doc__ or "").strip().splitlines()[0:1]
+        _KINDS[name] = StageKind(name=name, config=config, version=str(version), fn=fn,
+                                 num_cpus=float(num_cpus),
+                                 description=doc if isinstance(doc, str) else "".join(doc))
+        return fn
+
+    return register
+
+
+def load_modules(modules: list[str] | tuple[str, ...] = ()) -> None:
+    """Import the built-in stage modules and the given plugin modules."""
+    for module in (*BUILTIN_STAGE_MODULES, *modules):
+        importlib.import_module(module)
+
+
+def get_kind(name: str) -> StageKind:
+    try:
+        return _KINDS[name]
+    except KeyError:
+        raise UnknownStageKind(name) from None
+
+
+def all_kinds() -> dict[str, StageKind]:
+    return dict(sorted(_KINDS.items()))

@@ -1,0 +1,145 @@
+"""MLflow runs of a pipeline run: one parent per `omniway run`, one child per stage.
+
+Everything goes through `MlflowClient` with an explicit tracking URI, never the
+fluent global state, so concurrent stages and concurrent runs do not share a
+"current run".
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from pipelines.typed import flatten
+
+TAG_STAGE = "omniway.stage"
+TAG_KIND = "omniway.kind"
+TAG_KEY = "omniway.key"
+TAG_CACHE_HIT = "omniway.cache_hit"
+TAG_SOURCE_RUN = "omniway.source_run_id"
+TAG_PIPELINE = "omniway.pipeline"
+TAG_ERROR = "omniway.error"
+
+
+def _artifact_root(tracking_uri: str) -> str | None:
+    """Artifacts of a local sqlite store go next to the database, not into the cwd."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri[len("sqlite:///"):])
+        return (db.parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def _open_sqlite_store(tracking_uri: str):
+    """Open (and on first use create) a sqlite store under a file lock: two runs
+    starting at once would otherwise both run MLflow's schema migration."""
+    import fcntl
+
+    from mlflow.tracking import MlflowClient
+
+    db = Path(tracking_uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            client = MlflowClient(tracking_uri)
+            client.search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return client
+
+
+class PipelineTracker:
+    """The parent run of one pipeline run and its stage children.
+
+    Args:
+        tracking_uri: MLflow tracking URI (sqlite:///..., http://...).
+        experiment: experiment name (created on first use).
+        run_name: the parent run's name.
+    """
+
+    def __init__(self, tracking_uri: str, experiment: str, run_name: str):
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        if tracking_uri.startswith("sqlite:///"):
+            self.client = _open_sqlite_store(tracking_uri)
+        else:
+            self.client = MlflowClient(tracking_uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            try:
+                self.experiment_id = self.client.create_experiment(
+                    experiment, artifact_location=_artifact_root(tracking_uri))
+            except Exception:  # created concurrently by another run
+                self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
+        else:
+            self.experiment_id = exp.experiment_id
+        self.parent = self.client.create_run(
+            self.experiment_id, run_name=run_name, tags={TAG_PIPELINE: experiment})
+        self.parent_id = self.parent.info.run_id
+
+    def log_pipeline(self, resolved_yaml: str, params: dict) -> None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "pipeline.resolved.yaml")
+            Path(path).write_text(resolved_yaml)
+            self.client.log_artifact(self.parent_id, path)
+        self._log_params(self.parent_id, params)
+
+    def _log_params(self, run_id: str, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k[:250], str(v)[:6000]) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def start_stage(self, stage: str, kind: str, key: str, config: dict) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=stage, tags={
+            "mlflow.parentRunId": self.parent_id, TAG_STAGE: stage, TAG_KIND: kind,
+            TAG_KEY: key, TAG_CACHE_HIT: "false"})
+        self._log_params(run.info.run_id, config)
+        return run.info.run_id
+
+    def finish_stage(self, run_id: str, manifest: dict) -> None:
+        self._log_metrics(run_id, manifest.get("metrics", {}))
+        self._log_manifest(run_id, manifest)
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def fail_stage(self, run_id: str, error: str) -> None:
+        self.client.set_tag(run_id, TAG_ERROR, error[:5000])
+        self.client.set_terminated(run_id, "FAILED")
+
+    def cache_hit(self, stage: str, kind: str, key: str, manifest: dict) -> str:
+        tags = {"mlflow.parentRunId": self.parent_id, TAG_STAGE: stage, TAG_KIND: kind,
+                TAG_KEY: key, TAG_CACHE_HIT: "true"}
+        if manifest.get("mlflow_run_id"):
+            tags[TAG_SOURCE_RUN] = manifest["mlflow_run_id"]
+        run = self.client.create_run(self.experiment_id, run_name=f"{stage} (cached)", tags=tags)
+        run_id = run.info.run_id
+        self._log_params(run_id, manifest.get("config", {}))
+        self._log_metrics(run_id, manifest.get("metrics", {}))
+        self.client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    def finish(self, ok: bool) -> None:
+        self.client.set_terminated(self.parent_id, "FINISHED" if ok else "FAILED")
+
+    def _log_metrics(self, run_id: str, metrics: dict) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, 0) for k, v in flatten(metrics).items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[i:i + 1000])
+
+    def _log_manifest(self, run_id: str, manifest: dict) -> None:
+        import json
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "_manifest.json")
+            Path(path).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            self.client.log_artifact(run_id, path)

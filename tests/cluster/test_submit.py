@@ -1,0 +1,132 @@
+"""`omniway submit` against a real `ray start --head` on 127.0.0.1 with a second node."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "cluster" / "local_cluster.sh"
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sh(*args, check=True, timeout=180, cwd=REPO, env=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    result = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    port, dash = free_port(), free_port()
+    sh(SCRIPT, "start", "--port", port, "--dashboard-port", dash, "--num-cpus", 2)
+    try:
+        sh(SCRIPT, "add-node", "--port", port, "--num-cpus", 1)
+        yield {"port": port, "address": f"http://127.0.0.1:{dash}"}
+    finally:
+        sh(SCRIPT, "stop", "--port", port, check=False)
+    assert subprocess.run(["pgrep", "-f", f"omniway-ray-{port}"], capture_output=True).returncode == 1
+
+
+def project_pipeline(root: Path, fail: bool) -> Path:
+    (root / "omniway_test_kinds.py").write_text(
+        (REPO / "tests" / "pipelines" / "omniway_test_kinds.py").read_text())
+    marker = root / "bug"
+    if fail:
+        marker.write_text("x")
+    body = {
+        "name": "jobs",
+        "plugins": ["omniway_test_kinds"],
+        "stages": {
+            "a": {"uses": "test-emit", "with": {"text": "alpha"}},
+            "b": {"uses": "test-emit", "with": {"text": "beta"}},
+            "c": {"uses": "test-join", "needs": ["a", "b"],
+                  "with": {"fail_if_exists": str(marker)}},
+        },
+    }
+    path = root / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(body))
+    return path
+
+
+def test_cluster_has_two_nodes(cluster):
+    out = sh("ray", "status", "--address", f"127.0.0.1:{cluster['port']}").stdout
+    assert out.count("node_") >= 2, out
+
+
+def test_submit_wait_success_runs_on_the_cluster(cluster, tmp_path):
+    path = project_pipeline(tmp_path, fail=False)
+    workdir = tmp_path / "work"
+    env = {"PYTHONPATH": ""}  # the job gets the project through its working_dir only
+    result = sh(sys.executable, "-m", "pipelines.cli", "submit", path.name, "--address",
+                cluster["address"], "--working-dir", ".", "--workdir", workdir, "--wait",
+                cwd=tmp_path, env=env, timeout=300)
+    assert "submitted raysubmit_" in result.stdout
+    assert "Connecting to existing Ray cluster" in result.stdout + result.stderr
+    assert "SUCCEEDED" in result.stdout
+    outputs = list((workdir / "storage" / "jobs" / "c").glob("*/_manifest.json"))
+    assert len(outputs) == 1
+    job_id = result.stdout.split("submitted ", 1)[1].split()[0]
+    listing = sh(sys.executable, "-m", "pipelines.cli", "jobs", "list", "--address",
+                 cluster["address"]).stdout
+    assert job_id in listing and "SUCCEEDED" in listing
+    logs = sh(sys.executable, "-m", "pipelines.cli", "jobs", "logs", job_id, "--address",
+              cluster["address"]).stdout
+    assert "c" in logs and "done" in logs
+
+
+def test_submit_wait_failure_exits_nonzero(cluster, tmp_path):
+    path = project_pipeline(tmp_path, fail=True)
+    result = sh(sys.executable, "-m", "pipelines.cli", "submit", path.name, "--address",
+                cluster["address"], "--workdir", tmp_path / "work", "--wait", check=False,
+                cwd=tmp_path, env={"PYTHONPATH": ""}, timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAILED" in result.stdout
+    assert "stage 'c' failed" in result.stdout + result.stderr
+    assert "refusing to join" in result.stdout + result.stderr
+
+
+def test_submit_rejects_a_bad_config_before_submitting(cluster, tmp_path):
+    path = project_pipeline(tmp_path, fail=False)
+    result = sh(sys.executable, "-m", "pipelines.cli", "submit", path.name, "--address",
+                cluster["address"], "--set", "c.nope=1", check=False, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert "with.nope: unknown key" in result.stderr
+    assert "submitted" not in result.stdout
+
+
+def test_jobs_stop(cluster, tmp_path):
+    (tmp_path / "omniway_test_kinds.py").write_text(
+        (REPO / "tests" / "pipelines" / "omniway_test_kinds.py").read_text())
+    (tmp_path / "slow.yaml").write_text(yaml.safe_dump({
+        "plugins": ["omniway_test_kinds"],
+        "stages": {"a": {"uses": "test-emit", "with": {"sleep_s": 300.0}}}}))
+    result = sh(sys.executable, "-m", "pipelines.cli", "submit", "slow.yaml", "--address",
+                cluster["address"], "--workdir", tmp_path / "work", cwd=tmp_path, timeout=120)
+    job_id = result.stdout.split("submitted ", 1)[1].split()[0]
+    sh(sys.executable, "-m", "pipelines.cli", "jobs", "stop", job_id, "--address", cluster["address"])
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(cluster["address"])
+    import time
+
+    deadline = time.time() + 60
+    while not client.get_job_status(job_id).is_terminal() and time.time() < deadline:
+        time.sleep(0.5)
+    assert client.get_job_status(job_id) == JobStatus.STOPPED
+    assert not list((tmp_path / "work").glob("storage/*/a/*/_manifest.json"))

@@ -1,0 +1,45 @@
+"""Shared test setup: quiet Ray Data, Ray workers that can import the test kinds."""
+
+import os
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+
+# Ray workers inherit the environment of the process that starts Ray: put the
+# test stage kinds (tests/pipelines) and the repository on their import path.
+_paths = [str(TESTS / "pipelines"), str(REPO)]
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    _paths + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+for p in _paths:
+    if p not in sys.path:
+        sys.path.insert(0, p)
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def local_ray():
+    """An embedded 2-CPU Ray shared by the tests that need one.
+
+    Started on first use and kept until the session ends (starting Ray costs
+    seconds); restarted if a test shut it down.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()

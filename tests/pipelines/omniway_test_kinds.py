@@ -1,0 +1,83 @@
+"""Small stage kinds the runner tests register through the pipeline `plugins:` key.
+
+Every execution appends a line to `<log>` (a file outside storage), so a test
+can count which stages really ran.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from pipelines.registry import stage_kind
+
+
+def _record(log: str, stage: str, event: str) -> None:
+    if log:
+        with open(log, "a") as f:
+            f.write(f"{stage} {event} {time.time():.3f} {os.getpid()}\n")
+
+
+@dataclass
+class EmitConfig:
+    text: str = "hello"
+    lines: int = 3
+    log: str = ""
+    sleep_s: float = 0.0
+
+
+@stage_kind("test-emit", config=EmitConfig, version="1", description="Write `lines` copies of `text`.")
+def emit(ctx):
+    _record(ctx.config.log, ctx.stage, "start")
+    time.sleep(ctx.config.sleep_s)
+    with open(os.path.join(ctx.output_dir, "lines.txt"), "w") as f:
+        f.write("".join(f"{ctx.config.text}\n" for _ in range(ctx.config.lines)))
+    ctx.set_rows("lines.txt", ctx.config.lines)
+    ctx.log_metrics({"progress": 1.0}, step=1)
+    _record(ctx.config.log, ctx.stage, "end")
+    return {"lines": ctx.config.lines}
+
+
+@dataclass
+class JoinConfig:
+    log: str = ""
+    upper: bool = False
+    fail_if_exists: str = ""  # fail while this file exists (a fixable "bug")
+    sleep_s: float = 0.0
+
+
+@stage_kind("test-join", config=JoinConfig, version="1", description="Concatenate inputs' lines.")
+def join(ctx):
+    _record(ctx.config.log, ctx.stage, "start")
+    time.sleep(ctx.config.sleep_s)
+    if ctx.config.fail_if_exists and os.path.exists(ctx.config.fail_if_exists):
+        raise RuntimeError(f"refusing to join while {ctx.config.fail_if_exists} exists")
+    parts = []
+    for name, manifest in ctx.inputs.items():
+        with manifest.open("lines.txt") as f:
+            parts.append(f.read().decode())
+    text = "".join(parts)
+    if ctx.config.upper:
+        text = text.upper()
+    os.makedirs(os.path.join(ctx.output_dir, "out"), exist_ok=True)
+    with open(os.path.join(ctx.output_dir, "out", "lines.txt"), "w") as f:
+        f.write(text)
+    # Downstream joins read `lines.txt` at the top level too.
+    with open(os.path.join(ctx.output_dir, "lines.txt"), "w") as f:
+        f.write(text)
+    ctx.extra["inputs"] = sorted(ctx.inputs)
+    _record(ctx.config.log, ctx.stage, "end")
+    return {"chars": len(text), "inputs": len(parts)}
+
+
+@dataclass
+class NeedsConfig:
+    size: int  # required: no default
+    tags: list[str] = field(default_factory=list)
+    mode: str = "a"
+
+
+@stage_kind("test-required", config=NeedsConfig, version="1")
+def required(ctx):
+    return {"size": ctx.config.size}
