@@ -191,27 +191,72 @@ def _check_graph(stages: dict[str, StageSpec], source: str) -> None:
             visit(name)
 
 
+def _yaml_cache_path(path: Path, workdir: str) -> Path:
+    import hashlib
+
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+    return Path(workdir) / "cache" / "pipelines" / f"{path.stem}-{digest}.json"
+
+
+def _read_yaml(path: Path, workdir: str) -> tuple[object, bool]:
+    """The parsed pipeline file, from a JSON copy when the file is unchanged.
+
+    Importing and running PyYAML costs about as much as the rest of a fully
+    cached `omniway run`; the copy is keyed by the sha256 of the file's bytes.
+    Returns (data, came_from_cache).
+    """
+    import hashlib
+    import json
+
+    text = path.read_bytes()
+    digest = hashlib.sha256(text).hexdigest()
+    cache = _yaml_cache_path(path, workdir)
+    try:
+        cached = json.loads(cache.read_text())
+        if cached["sha256"] == digest:
+            return cached["data"], True
+    except (OSError, ValueError, KeyError):
+        pass
+    import yaml
+
+    try:
+        return yaml.safe_load(text.decode()), False
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path.name}: not valid YAML: {e}") from None
+
+
+def _write_yaml_cache(path: Path, workdir: str, data: object) -> None:
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    cache = _yaml_cache_path(path, workdir)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"sha256": digest, "data": data}))
+        os.replace(tmp, cache)
+    except (OSError, TypeError, ValueError):
+        pass  # only a speed-up: YAML with non-JSON values (dates) just is not cached
+
+
 def load_pipeline(path: str | os.PathLike, overrides: list[str] | None = None, *,
                   workdir: str = ".omniway", tracking_uri: str | None = None,
                   storage: str | None = None) -> PipelineSpec:
     """Load, override, type-check and validate a pipeline file."""
-    import yaml
-
     path = Path(path)
     source = path.name
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: pipeline file not found") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+    if not path.is_file():
+        raise ConfigError(f"{path}: pipeline file not found")
+    raw, cached = _read_yaml(path, workdir)
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
-    raw = apply_overrides(raw, overrides or [], source)
-    return pipeline_from_dict(raw, source=source, default_name=path.stem, path=str(path),
-                              workdir=workdir, tracking_uri=tracking_uri, storage=storage)
+    spec = pipeline_from_dict(apply_overrides(raw, overrides or [], source), source=source,
+                              default_name=path.stem, path=str(path), workdir=workdir,
+                              tracking_uri=tracking_uri, storage=storage)
+    if not cached:  # written only for files that validated
+        _write_yaml_cache(path, workdir, raw)
+    return spec
 
 
 def pipeline_from_dict(raw: dict, *, source: str, default_name: str, path: str = "",

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 
 from pipelines.config import PipelineSpec
@@ -94,13 +92,20 @@ def connect_ray(spec: PipelineSpec, address: str | None = None) -> bool:
 
     if ray.is_initialized():
         return False
+    import sys
+
     target = address or os.environ.get("RAY_ADDRESS") or spec.ray.address
+    env_vars = {}
+    if not sys.stdout.isatty():
+        # Progress bars are for terminals; in logs and CI they are noise.
+        env_vars["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
+    runtime_env = {"env_vars": env_vars} if env_vars else None
     if target:
-        ray.init(address=target, log_to_driver=True)
+        ray.init(address=target, log_to_driver=True, runtime_env=runtime_env)
     else:
         ray.init(num_cpus=spec.ray.num_cpus, num_gpus=spec.ray.num_gpus,
                  include_dashboard=spec.ray.dashboard, dashboard_host="127.0.0.1",
-                 log_to_driver=True)
+                 log_to_driver=True, runtime_env=runtime_env)
     return True
 
 
@@ -223,6 +228,8 @@ def _execute(spec, storage, plans, results, tracker, echo) -> None:
             except Exception as exc:  # the stage raised (or its worker died)
                 failed = True
                 error = _error_text(exc)
+                import traceback
+
                 detail = traceback.format_exception_only(type(exc), exc)[-1].strip()
                 tracker.fail_stage(run_id, f"{error}\n\n{detail}")
                 results[name] = StageResult(name, "failed", key, duration, run_id, error=error)

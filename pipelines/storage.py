@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
+
+# shutil, tempfile and uuid are imported where writes happen: planning a
+# cached run only reads.
 
 MANIFEST_NAME = "_manifest.json"
 
@@ -113,6 +113,9 @@ class Storage:
     # -- writes ------------------------------------------------------------
     def new_work_dir(self, pipeline: str, stage: str, key: str) -> str:
         """A fresh local directory for a stage to write into."""
+        import tempfile
+        import uuid
+
         if self.local:
             tmp_root = f"{self.stage_dir(pipeline, stage)}/_tmp"
             os.makedirs(tmp_root, exist_ok=True)
@@ -127,6 +130,8 @@ class Storage:
         Returns False when another run committed the same key first; that
         output is equivalent (same key) and is kept.
         """
+        import shutil
+
         text = json.dumps(manifest, indent=2, sort_keys=True)
         if not self.local:
             return self._commit_remote(work_dir, output_dir, text)
@@ -149,6 +154,8 @@ class Storage:
         return True
 
     def _commit_remote(self, work_dir: str, output_dir: str, text: str) -> bool:
+        import shutil
+
         if self.read_manifest(output_dir) is not None:
             shutil.rmtree(work_dir, ignore_errors=True)
             return False
@@ -167,12 +174,15 @@ class Storage:
         return True
 
     def discard(self, work_dir: str) -> None:
+        import shutil
+
         shutil.rmtree(work_dir, ignore_errors=True)
 
     def clean_tmp(self, pipeline: str, stage: str, older_than_s: float = 24 * 3600) -> None:
         """Remove abandoned work directories (a killed driver leaves them)."""
         if not self.local:
             return
+        import shutil
         import time
 
         tmp_root = f"{self.stage_dir(pipeline, stage)}/_tmp"

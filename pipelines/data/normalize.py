@@ -1,0 +1,83 @@
+"""Raw record -> accepted corpus row or reject: the per-sample function of the corpus stage.
+
+`normalize_record` is plain Python on one record so the benchmark's single-process
+loop and the Ray actors call exactly the same code. `Normalizer` is the Ray Data
+callable class: one instance per actor, a batch of raw records in, the same number
+of result rows out (accepted rows have reason == "").
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from pipelines.data.config import CorpusConfig
+from pipelines.data.text import Rejected, normalize_text
+
+RESULT_FIELDS = ("sample_id", "source", "key", "modalities", "text", "image", "audio", "label",
+                 "content_hash", "reason", "detail")
+
+
+def content_hash(text: str | None, image: bytes | None, audio: bytes | None,
+                 label: int | None) -> str:
+    """sha256 over the normalised content; the tag bytes keep fields from aliasing."""
+    h = hashlib.sha256()
+    for tag, value in ((b"T", text.encode() if text is not None else None), (b"I", image),
+                       (b"A", audio), (b"L", None if label is None else str(label).encode())):
+        if value is not None:
+            h.update(tag + len(value).to_bytes(8, "little") + value)
+    return h.hexdigest()
+
+
+def _result(rec: dict, **kw: Any) -> dict[str, Any]:
+    row = {"sample_id": f"{rec['source']}/{rec['key']}", "source": rec["source"],
+           "key": rec["key"], "modalities": [], "text": None, "image": None, "audio": None,
+           "label": rec.get("label"), "content_hash": "", "reason": "", "detail": ""}
+    row.update(kw)
+    return row
+
+
+def normalize_record(rec: dict[str, Any], cfg: CorpusConfig,
+                     require: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One raw record (records.RAW_FIELDS) -> one result row (RESULT_FIELDS)."""
+    if rec.get("reason"):
+        return _result(rec, reason=rec["reason"], detail=rec.get("detail") or "")
+    from pipelines.data.audio import normalize_audio
+    from pipelines.data.image import normalize_image
+
+    try:
+        text = normalize_text(rec.get("text"), cfg.text)
+        image = normalize_image(rec.get("image"), cfg.image, rec.get("image_ext") or "")
+        audio = normalize_audio(rec.get("audio"), cfg.audio, rec.get("audio_ext") or "")
+    except Rejected as r:
+        return _result(rec, reason=r.reason, detail=r.detail)
+    present = {"text": text, "image": image, "audio": audio}
+    modalities = [m for m in ("text", "image", "audio") if present[m] is not None]
+    missing = [m for m in require if present.get(m) is None]
+    if missing:
+        return _result(rec, reason="missing_member", detail=f"no {', '.join(missing)}")
+    if not modalities:
+        return _result(rec, reason="empty_sample", detail="no text, image or audio")
+    label = rec.get("label")
+    return _result(rec, modalities=modalities, text=text, image=image, audio=audio, label=label,
+                   content_hash=content_hash(text, image, audio, label))
+
+
+class Normalizer:
+    """Ray Data callable class: batch of raw records (pyarrow) -> batch of result rows.
+
+    Args:
+        cfg: the corpus config (limits per modality).
+        require: source name -> modalities its records must have.
+    """
+
+    def __init__(self, cfg: CorpusConfig, require: dict[str, list[str]]):
+        self.cfg = cfg
+        self.require = {k: tuple(v) for k, v in require.items()}
+
+    def __call__(self, batch):
+        from pipelines.data.tables import results_table
+
+        rows = batch.to_pylist()
+        return results_table([normalize_record(r, self.cfg, self.require.get(r["source"], ()))
+                              for r in rows])

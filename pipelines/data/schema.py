@@ -1,0 +1,107 @@
+"""The one place that defines what corpus and shards outputs hold, and their versions.
+
+Corpus output (`schema_version` = CORPUS_SCHEMA_VERSION), files
+`train/part-NNNNN.parquet`, `val/part-NNNNN.parquet`, `rejects/part-NNNNN.parquet`:
+
+| column      | type          | meaning |
+| ----------- | ------------- | ------- |
+| sample_id   | string        | `<source>/<key>`, stable across runs |
+| source      | string        | the source's name in the stage config |
+| split       | string        | `train` or `val`, from a hash of sample_id |
+| modalities  | list<string>  | subset of text, image, audio, in that order |
+| text        | string?       | NFC, trimmed, length-bounded |
+| image       | binary?       | validated JPEG (kept as is) or PNG (re-encoded: RGB, EXIF-upright, alpha on white) |
+| audio       | binary?       | 16 kHz mono FLAC (or PCM16 WAV), duration-bounded |
+| label       | int32?        | class label when the source has one |
+| content_hash| string        | sha256 of the normalised content; exact duplicates share it |
+
+Rejects: source, key, reason (one of REJECT_REASONS), detail (all string).
+
+Shards output (`schema_version` = SHARDS_SCHEMA_VERSION), files
+`<split>/part-NNNNN.parquet`, a fixed number of rows per file (the last may be short):
+
+| column       | type          | meaning |
+| ------------ | ------------- | ------- |
+| sample_id    | string        | as in the corpus |
+| split        | string        | train / val |
+| modalities   | list<string>  | as in the corpus |
+| text_ids     | list<int32>?  | sentencepiece ids, `bos ... eos`, at most max_text_tokens |
+| pixels       | binary?       | uint8, C×H×W = 3×R×R (R = image_resolution), row-major |
+| image_tokens | list<int16>?  | one visual token id per patch, when a visual tokenizer is an input |
+| fbank        | binary?       | float16 little-endian, frames×mels (mels = 128), row-major |
+| fbank_frames | int32?        | number of frames of `fbank` |
+| label        | int32?        | as in the corpus |
+"""
+
+from __future__ import annotations
+
+CORPUS_SCHEMA_VERSION = "omniway.corpus/1"
+SHARDS_SCHEMA_VERSION = "omniway.shards/1"
+# Versions the reader API knows how to read.
+KNOWN_SHARDS_VERSIONS = (SHARDS_SCHEMA_VERSION,)
+
+MODALITIES = ("text", "image", "audio")
+SPLITS = ("train", "val")
+
+# Every reason a record can be quarantined for. Tests cover each one.
+REJECT_REASONS = (
+    "corrupt_image",       # undecodable or truncated image bytes
+    "decompression_bomb",  # header claims more pixels than max_pixels
+    "undecodable_audio",   # soundfile cannot read it
+    "empty_audio",         # zero samples, or all-silent by construction of the file
+    "unsupported_format",  # a media type or container omniway does not read
+    "empty_text",          # nothing left after NFC + trim
+    "non_utf8_text",       # text bytes that are not UTF-8
+    "too_large",           # bytes over a limit, or an image side over max_side with resize off
+    "too_small",           # image side under min_side
+    "too_long",            # text over max_chars, audio over max_seconds
+    "too_short",           # audio under min_seconds
+    "unsafe_path",         # tar member / index path absolute or with `..`
+    "split_sample",        # webdataset members of one key not adjacent in the tar
+    "missing_member",      # a required modality / referenced file absent
+    "empty_sample",        # no modality at all
+    "read_error",          # the container itself is unreadable (detail says why)
+)
+
+FBANK_MELS = 128
+FBANK_SAMPLE_RATE = 16_000
+FBANK_WIN = 400   # 25 ms at 16 kHz
+FBANK_HOP = 160   # 10 ms at 16 kHz
+
+
+def corpus_schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("sample_id", pa.string()),
+        ("source", pa.string()),
+        ("split", pa.string()),
+        ("modalities", pa.list_(pa.string())),
+        ("text", pa.string()),
+        ("image", pa.binary()),
+        ("audio", pa.binary()),
+        ("label", pa.int32()),
+        ("content_hash", pa.string()),
+    ])
+
+
+def rejects_schema():
+    import pyarrow as pa
+
+    return pa.schema([(name, pa.string()) for name in ("source", "key", "reason", "detail")])
+
+
+def shards_schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("sample_id", pa.string()),
+        ("split", pa.string()),
+        ("modalities", pa.list_(pa.string())),
+        ("text_ids", pa.list_(pa.int32())),
+        ("pixels", pa.binary()),
+        ("image_tokens", pa.list_(pa.int16())),
+        ("fbank", pa.binary()),
+        ("fbank_frames", pa.int32()),
+        ("label", pa.int32()),
+    ])
