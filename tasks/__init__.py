@@ -1,0 +1,30 @@
+"""omniway.tasks: what is learned and measured (imports model, torch, numpy only).
+
+Public API::
+
+    from tasks import PretrainModel, get_recipe, RECIPES, GROUPS, Collator, BatchSpec
+
+    recipe = get_recipe("omni")                          # presets: beit3, one-peace, omni
+    model = PretrainModel(ModelConfig.from_size("debug"), recipe, mim_target="pixels")
+    collator = Collator(BatchSpec(...), recipe)
+    t = collator.add_masks("image_text", collator.collate("image_text", numpy_rows), generator)
+    out = model({"image_text": t})                       # {"loss", "mlm", "mlm/image_text", ...}
+
+Modules:
+    masking     random_token_mask, block_mask (BEiT block-wise), span_mask (1-D audio blocks)
+    losses      gather_with_grad, contrastive_loss, token_infonce
+    objectives  MaskedLanguageModeling, MaskedImageModeling, MaskedAudioModeling, CrossModalContrast,
+                DenoisingContrast -- each an nn.Module owning its head, returning {"loss", parts}
+    recipes     Recipe, RECIPES, get_recipe, GROUPS, group_of, group_batch_sizes
+    batching    BatchSpec, Collator (shard rows -> tensors, masks from an explicit generator)
+    pretrain    PretrainModel (backbone + heads, routes each group to its objectives)
+    metrics     recall_at_k, retrieval_metrics
+"""
+
+from .batching import BatchSpec, Collator
+from .metrics import recall_at_k, retrieval_metrics
+from .pretrain import PretrainModel
+from .recipes import GROUPS, MODEL_MODALITY, OBJECTIVES, RECIPES, Recipe, get_recipe, group_batch_sizes, group_of
+
+__all__ = ["BatchSpec", "Collator", "GROUPS", "MODEL_MODALITY", "OBJECTIVES", "PretrainModel", "RECIPES",
+           "Recipe", "get_recipe", "group_batch_sizes", "group_of", "recall_at_k", "retrieval_metrics"]

@@ -65,7 +65,15 @@ def project_pipeline(root: Path, fail: bool) -> Path:
 
 
 def test_cluster_has_two_nodes(cluster):
-    out = sh("ray", "status", "--address", f"127.0.0.1:{cluster['port']}").stdout
+    import time
+
+    # A node that `ray start` has just added takes a moment to show up.
+    deadline = time.time() + 60
+    while True:
+        out = sh("ray", "status", "--address", f"127.0.0.1:{cluster['port']}").stdout
+        if out.count("node_") >= 2 or time.time() > deadline:
+            break
+        time.sleep(2)
     assert out.count("node_") >= 2, out
 
 
