@@ -41,6 +41,10 @@ Classes and functions:
     checkpoints: save_checkpoint(path, model), load_checkpoint(path, model=None), read_checkpoint(path),
         load_state_dict_strict(model, sd), CheckpointKeyError (lists missing / unexpected / mismatched keys)
     interop: model.interop.beit3 -- beit3_config, beit3_to_omniway, omniway_to_beit3, load_beit3
+    ops.Linear: nn.Linear with an fp32-BLAS bf16 path on CPUs without bf16 GEMM (same state-dict keys)
+
+Inside the encoder activations are sequence-first (T, B, C) so modality segments are contiguous; every
+public input and output above is batch-first.
 """
 
 from .checkpoint import (
