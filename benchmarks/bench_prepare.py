@@ -1,10 +1,13 @@
 """Shards path over real demo samples: Ray Data (actor pool) against a single-process loop.
 
-Both paths call the same per-sample code (`Featurizer.rows`: sentencepiece ids, Pillow
-decode + resize + pixels, soundfile + log-mel) over the same corpus rows; the Ray path
-is the shards stage's own `iter_shards` (2 actors on a 2-CPU local Ray, actor start-up
-included). Also measured single-process (= per core): images/s for decode + resize +
-pixels, and sentencepiece lines/s.
+Both paths do the whole `shards` job over the same corpus and write the same files:
+`Featurizer.rows` (sentencepiece ids, Pillow decode + resize + pixels, soundfile +
+log-mel) on every row, then Parquet part files of `rows_per_file` rows (zstd) -- the
+loop cuts its rows with `PartWriter` in one process; the Ray path is the stage's own
+`write_shards` (2 actors on a 2-CPU local Ray that is started before timing either
+path; actor start-up included, as are the loop's imports). The two outputs must be
+byte-identical. Also measured single-process (= per core, CPU time, best of 3):
+images/s for decode + resize + pixels, and sentencepiece lines/s (batches of 1024).
 
     .venv/bin/python benchmarks/bench_prepare.py [--cpus 2] [--docs 40]
 
@@ -59,6 +62,48 @@ def corpus_rows(corpus) -> list[dict]:
     return rows
 
 
+def loop_shards(corpus_rows_: list[dict], spm_model: bytes, cfg, out_dir: str) -> int:
+    """The single-process baseline: same per-sample code, same part files."""
+    import pyarrow as pa
+
+    from pipelines.data import schema
+    from pipelines.data.featurize import Featurizer
+    from pipelines.data.writer import PartWriter
+
+    feat = Featurizer(spm_model, cfg)
+    sch = schema.shards_schema()
+    n = 0
+    for split in schema.SPLITS:
+        rows = [r for r in corpus_rows_ if r["split"] == split]
+        writer = PartWriter(out_dir, split, sch, cfg.rows_per_file)
+        for i in range(0, len(rows), cfg.batch_size):
+            writer.add(pa.Table.from_pylist(feat.rows(rows[i:i + cfg.batch_size]), schema=sch))
+        writer.close()
+        n += writer.rows
+    return n
+
+
+def file_hashes(root: str) -> dict[str, str]:
+    import hashlib
+
+    out = {}
+    for split in sorted(os.listdir(root)):
+        for name in sorted(os.listdir(os.path.join(root, split))):
+            with open(os.path.join(root, split, name), "rb") as f:
+                out[f"{split}/{name}"] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def per_core(fn, items, repeat: int = 3) -> float:
+    """Items per CPU-second of this process, best of `repeat` passes."""
+    best = float("inf")
+    for _ in range(repeat):
+        c = time.process_time()
+        fn(items)
+        best = min(best, time.process_time() - c)
+    return len(items) / max(best, 1e-9)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cpus", type=int, default=2)
@@ -68,11 +113,12 @@ def main() -> None:
     import ray
 
     from pipelines.data.config import ShardsConfig
-    from pipelines.data.featurize import Featurizer
     from pipelines.data.image import image_pixels
-    from pipelines.data.shards_impl import iter_shards
+    from pipelines.data.raycompat import ensure_ray
+    from pipelines.data.shards_impl import write_shards
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ensure_ray()
     root = tempfile.mkdtemp(prefix="omniway-bench-")
     try:
         corpus, tok = build_inputs(root, args.docs)
@@ -81,42 +127,43 @@ def main() -> None:
         rows = corpus_rows(corpus)
         n = len(rows)
         mods = {m: sum(m in r["modalities"] for r in rows) for m in ("text", "image", "audio")}
-        print(f"samples: {n} ({mods})")
+        print(f"samples: {n} ({mods}), rows_per_file {cfg.rows_per_file}")
         assert n >= 1000, "the benchmark needs >= 1,000 samples"
 
-        # Single-process loop over the same rows, same batch size, same function.
+        # Single-process loop over the same rows: same functions, same files.
+        loop_dir = os.path.join(root, "loop")
         t = time.perf_counter()
-        feat = Featurizer(spm_model, cfg)
-        loop_rows = 0
-        for i in range(0, n, cfg.batch_size):
-            loop_rows += len(feat.rows(rows[i:i + cfg.batch_size]))
+        loop_rows = loop_shards(rows, spm_model, cfg, loop_dir)
         loop_s = time.perf_counter() - t
 
-        # Ray Data: the shards stage's own path (actor pool, ordered), consumed, not written.
+        # Ray Data: the shards stage's own path (actor pool builds whole part files).
+        ray_dir = os.path.join(root, "ray")
         t = time.perf_counter()
-        ray_rows = sum(b.num_rows for b in iter_shards(corpus, spm_model, cfg))
+        parts = write_shards(corpus, spm_model, cfg, ray_dir)
         ray_s = time.perf_counter() - t
+        ray_rows = sum(p["rows"] for p in parts)
         assert ray_rows == loop_rows == n, (ray_rows, loop_rows, n)
+        loop_files, ray_files = file_hashes(loop_dir), file_hashes(ray_dir)
+        assert loop_files == ray_files, "the Ray path and the loop wrote different shards"
 
         images = [r["image"] for r in rows if r["image"] is not None]
-        t = time.perf_counter()
-        for data in images:
-            image_pixels(data, cfg.image_resolution)
-        img_s = time.perf_counter() - t
+        img_rate = per_core(lambda xs: [image_pixels(d, cfg.image_resolution) for d in xs], images)
 
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor(model_proto=spm_model)
         lines = [ln for r in rows if r["text"] for ln in r["text"].splitlines() if ln.strip()]
         lines = (lines * (1 + 100_000 // max(1, len(lines))))[:100_000]
-        t = time.perf_counter()
-        for i in range(0, len(lines), 1024):
-            feat.sp.encode(lines[i:i + 1024], num_threads=1)
-        spm_s = time.perf_counter() - t
+        spm_rate = per_core(lambda xs: [sp.encode(xs[i:i + 1024], num_threads=1)
+                                        for i in range(0, len(xs), 1024)], lines)
 
         print(f"loop: {n / loop_s:.1f} samples/s ({loop_s:.2f}s, 1 process)")
         print(f"ray:  {n / ray_s:.1f} samples/s ({ray_s:.2f}s, {args.cpus} actors on "
-              f"{args.cpus} CPUs, actor start-up included)")
-        print(f"images_per_s_per_core: {len(images) / img_s:.1f} "
+              f"{args.cpus} CPUs, actor start-up included; {len(ray_files)} part files, "
+              f"identical to the loop's)")
+        print(f"images_per_s_per_core: {img_rate:.1f} "
               f"({len(images)} images, decode + resize {cfg.image_resolution} + pixels)")
-        print(f"spm_lines_per_s_per_core: {len(lines) / spm_s:.0f} ({len(lines)} lines)")
+        print(f"spm_lines_per_s_per_core: {spm_rate:.0f} ({len(lines)} lines)")
         print(f"ray_over_loop: {loop_s / ray_s:.2f}")
     finally:
         ray.shutdown()

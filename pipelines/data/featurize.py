@@ -3,7 +3,8 @@
 `Featurizer.rows` is plain Python over a list of corpus rows, so the benchmark's
 single-process loop and the Ray actors run exactly the same code. The sentencepiece
 model (and a visual tokenizer, when one is an input) is loaded once per instance,
-i.e. once per Ray actor.
+i.e. once per Ray actor. torch (log-mel) is imported on the first audio sample only:
+it costs seconds of start-up per process, which a text/image-only corpus need not pay.
 """
 
 from __future__ import annotations
@@ -29,13 +30,21 @@ class Featurizer:
 
     def __init__(self, spm_model: bytes, cfg: ShardsConfig, visual: Optional[VisualEncoder] = None):
         import sentencepiece as spm
-        import torch
 
-        torch.set_num_threads(1)  # one actor per core; torch threads would oversubscribe
         self.sp = spm.SentencePieceProcessor(model_proto=spm_model)
         self.bos, self.eos = self.sp.bos_id(), self.sp.eos_id()
         self.cfg = cfg
         self.visual = visual
+        self._torch_ready = False
+        if visual is not None:
+            self._single_thread_torch()
+
+    def _single_thread_torch(self) -> None:
+        if not self._torch_ready:
+            import torch
+
+            torch.set_num_threads(1)  # one actor per core; torch threads would oversubscribe
+            self._torch_ready = True
 
     def text_ids(self, texts: list[str]) -> list[list[int]]:
         """Batch-encode; each row is bos + ids + eos, cut to max_text_tokens (eos kept)."""
@@ -60,6 +69,7 @@ class Featurizer:
                 row["pixels"] = pix.tobytes()
                 pixel_rows.append((row, pix))
             if r["audio"] is not None:
+                self._single_thread_torch()
                 row["fbank"], row["fbank_frames"] = fbank_bytes(load_audio_16k(r["audio"]))
             out.append(row)
         if self.visual is not None and pixel_rows:

@@ -18,6 +18,11 @@ def ensure_ray():
     return ray
 
 
-def pool(ray, workers: int, units: int):
-    """An actor pool of at most `workers` actors, never more than there is work for."""
-    return ray.data.ActorPoolStrategy(size=max(1, min(workers, units)))
+def pool(ray, workers: int, units: int, in_flight: int | None = None):
+    """An actor pool of at most `workers` actors, never more than there is work for.
+
+    `in_flight=1` hands each actor its next unit only when it is free: with few, uneven
+    units (whole part files) queued work cannot get stuck behind a slow actor.
+    """
+    return ray.data.ActorPoolStrategy(size=max(1, min(workers, units)),
+                                      max_tasks_in_flight_per_actor=in_flight)

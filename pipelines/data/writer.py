@@ -2,10 +2,11 @@
 
 Why not `Dataset.write_parquet`: its files hold "at least min / at most max" rows per
 write task, not a fixed count, and with a FilenameProvider that drops the write
-uuid Ray 2.60 refuses APPEND mode. Rows arrive here in order (Ray Data with
-`preserve_order`), so the driver cuts them into `part-00000.parquet`,
-`part-00001.parquet`, ... of exactly `rows_per_file` rows (the last one short).
-The driver only writes; decoding / features run in Ray actors.
+uuid Ray 2.60 refuses APPEND mode. Instead the file boundaries are planned up front:
+`part-00000.parquet`, `part-00001.parquet`, ... of exactly `rows_per_file` rows (the
+last one short). `PartWriter` cuts an ordered stream of rows in one process (corpus);
+the shards stage has its Ray actors build whole part files with `encode_parquet`.
+Both encode with the same arguments, so the same rows give the same bytes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ import pyarrow.parquet as pq
 
 PARQUET_ARGS = dict(compression="zstd", compression_level=3, use_dictionary=False,
                     write_statistics=False, row_group_size=256)
+
+
+def encode_parquet(table: pa.Table) -> bytes:
+    """One part file's bytes (what PartWriter writes for the same rows)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table.combine_chunks(), sink, **PARQUET_ARGS)
+    return sink.getvalue().to_pybytes()
 
 
 def part_name(index: int) -> str:
