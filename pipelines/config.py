@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.registry import UnknownStageKind, all_kinds, get_kind, load_modules
+from pipelines.registry import (UnknownStageKind, all_kinds, get_kind, load_modules,
+                                pipeline_checks)
 from pipelines.typed import ConfigError, convert, from_dict, to_dict
 
 TOP_LEVEL_KEYS = ("name", "storage", "tracking_uri", "experiment", "ray", "plugins", "stages")
@@ -324,5 +325,7 @@ def pipeline_from_dict(raw: dict, *, source: str, default_name: str, path: str =
             raise ConfigError(f"{where}: needs: lists a stage twice: {needs}")
         stages[stage_name] = StageSpec(stage_name, uses, needs, config, resources)
     _check_graph(stages, source)
+    for check in pipeline_checks():
+        check(stages, source)
     return PipelineSpec(name=name, path=path, storage=storage_root, tracking_uri=tracking,
                         experiment=experiment, ray=ray_opts, plugins=plugins, stages=stages)

@@ -74,6 +74,22 @@ def stage_kind(name: str, *, config: type, version: str, num_cpus: float = 1.0,
     return register
 
 
+_PIPELINE_CHECKS: list[Callable[[dict, str], None]] = []
+
+
+def pipeline_check(fn: Callable[[dict, str], None]) -> Callable[[dict, str], None]:
+    """Register `fn(stages, source)`, run on every loaded pipeline after its own
+    validation: for rules across stages (a tokenizer's grid against the model's)
+    that must fail before any work starts. It raises `ConfigError`."""
+    if fn not in _PIPELINE_CHECKS:
+        _PIPELINE_CHECKS.append(fn)
+    return fn
+
+
+def pipeline_checks() -> list[Callable[[dict, str], None]]:
+    return list(_PIPELINE_CHECKS)
+
+
 def load_modules(modules: list[str] | tuple[str, ...] = ()) -> None:
     """Import the built-in stage modules and the given plugin modules."""
     for module in (*BUILTIN_STAGE_MODULES, *modules):

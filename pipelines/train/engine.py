@@ -1,0 +1,86 @@
+"""DeepSpeed engine setup inside a worker: config dict, parameter groups, optimizer, warmup + cosine."""
+
+from __future__ import annotations
+
+import math
+
+from pipelines.train.config import TrainConfig
+
+TAG = "state"  # DeepSpeed checkpoint tag: one fixed name, each Ray checkpoint holds one state
+
+
+def use_bf16(train: TrainConfig) -> bool:
+    import torch
+
+    if train.precision == "bf16":
+        return True
+    if train.precision == "fp32":
+        return False
+    # auto: bf16 where the hardware does it natively; CPUs run the small models faster in fp32
+    return bool(train.use_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def ds_config(train: TrainConfig, world: int) -> dict:
+    """The DeepSpeed config for this run (batch sizes count samples per worker)."""
+    zero: dict = {"stage": train.zero_stage}
+    if train.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+    cfg = {
+        "train_micro_batch_size_per_gpu": train.micro_batch_size,
+        "gradient_accumulation_steps": train.grad_accum,
+        "train_batch_size": train.micro_batch_size * train.grad_accum * world,
+        "gradient_clipping": train.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": use_bf16(train)},
+        "steps_per_print": 1 << 30,  # progress is ours; keep DeepSpeed quiet
+        # a torch AdamW (no JIT-compiled op) is fine under ZeRO; DeepSpeed only warns it is "untested"
+        "zero_allow_untested_optimizer": True,
+    }
+    if train.offload_optimizer:
+        # offloaded states need DeepSpeed's CPU Adam (compiled on first use)
+        cfg["optimizer"] = {"type": "AdamW", "params": {"lr": train.lr, "betas": list(train.betas),
+                                                        "eps": train.eps, "weight_decay": train.weight_decay}}
+    return cfg
+
+
+def param_groups(module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay matrices and conv kernels; no decay for biases, norms, tokens, scales."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and "pos_embed" not in name and "token" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_lambda(train: TrainConfig):
+    """Multiplier of the peak lr at optimizer step s: linear warmup, then cosine to ``min_lr_ratio``."""
+    warm, total, floor = train.warmup_steps, train.steps, train.min_lr_ratio
+
+    def fn(step: int) -> float:
+        if step < warm:
+            return (step + 1) / max(1, warm)
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return fn
+
+
+def build_engine(module, train: TrainConfig, world: int):
+    """``deepspeed.initialize`` with our optimizer and schedule; returns the engine."""
+    import deepspeed
+    import torch
+
+    if train.zero_stage == 3 and hasattr(module, "external_parameters"):
+        # tied weights used outside their owner module must be gathered for that module too
+        for owner, param in module.external_parameters():
+            deepspeed.zero.register_external_parameter(owner, param)
+    groups = param_groups(module, train.weight_decay)
+    config = ds_config(train, world)
+    optimizer = None
+    if not train.offload_optimizer:
+        optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=tuple(train.betas), eps=train.eps)
+    engine, _, _, _ = deepspeed.initialize(
+        model=module, model_parameters=groups, optimizer=optimizer, config=config,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(train)))
+    return engine

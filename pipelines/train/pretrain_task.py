@@ -1,0 +1,281 @@
+"""The pretraining ``TrainTask``: shards -> per-group streams -> ``tasks.PretrainModel``.
+
+Streams are the sample groups of ``tasks.GROUPS`` (text, image, audio, image_text, audio_text,
+image_audio, triplet); each step takes ``stream_batch_sizes()[group]`` rows of each group on every worker,
+in the recipe's mix proportions (groups the shards lack, or have too few rows for, are dropped and
+reported). Validation runs every val group whole on every rank: MLM / MIM accuracy and retrieval R@1/R@5
+both ways for image-text, audio-text and image-audio over every val sample holding both modalities.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+
+from pipelines.train.task import TrainTask
+
+_COLUMNS = {"text": ["text_ids"], "image": ["pixels", "image_tokens"], "audio": ["fbank", "fbank_frames"]}
+_PAIRS = (("image", "text"), ("audio", "text"), ("image", "audio"))
+
+
+class ShardsError(ValueError):
+    """The shards input cannot be trained on; the message says what to do."""
+
+
+class PretrainTask(TrainTask):
+    """Args:
+        cfg: the ``pretrain`` stage config (``PretrainConfig``).
+        shards: the shards stage's ``Manifest``.
+    """
+
+    def __init__(self, cfg, shards):
+        self.cfg, self.shards = cfg, shards
+        self.sizes: dict[str, int] = {}
+        self.val_groups: list[str] = []
+        self.counts: dict[str, dict[str, int]] = {}
+        self.dropped: dict[str, str] = {}
+        self.model_config: dict = {}
+        self.mim_target = cfg.mim_target
+        self._collator = None
+
+    # -- driver ----------------------------------------------------------------------------------------
+    def recipe(self):
+        from tasks import get_recipe
+
+        try:
+            return get_recipe(self.cfg.recipe, **self.cfg.recipe_overrides)
+        except TypeError as e:  # dataclasses.replace names the unknown field
+            raise ValueError(f"pretrain: bad recipe_overrides {sorted(self.cfg.recipe_overrides)}: {e}") from None
+
+    def check(self) -> None:
+        """Schema version, every shard file present, group counts, batch split, model config."""
+        import pyarrow.parquet as pq
+
+        from model import ModelConfig
+        from pipelines.data.reader import check_manifest
+        from tasks import GROUPS, group_batch_sizes, group_of
+
+        m = self.shards
+        check_manifest(m)  # UnknownSchemaVersion, naming the version and what to do
+        files = [e["path"] for e in m.files if e["path"].endswith(".parquet")]
+        missing = []
+        for rel in files:
+            try:
+                with m.open(rel):
+                    pass
+            except (FileNotFoundError, OSError):
+                missing.append(rel)
+        if missing:
+            raise ShardsError(f"pretrain: {len(missing)} shard file(s) listed in the manifest of stage "
+                              f"{m.stage!r} are missing under {m.dir}: {missing[:5]}; rerun that stage "
+                              f"(omniway run PIPELINE --only {m.stage} --force)")
+        counts = {"train": Counter(), "val": Counter()}
+        has_codes = False
+        for rel in files:
+            split = rel.split("/", 1)[0]
+            if split not in counts:
+                continue
+            with m.open(rel) as f:
+                table = pq.read_table(f, columns=["modalities", "image_tokens"])
+            for mods in table.column("modalities").to_pylist():
+                counts[split][group_of(mods) or "other"] += 1
+            has_codes = has_codes or table.column("image_tokens").null_count < table.num_rows
+        self.counts = {s: dict(c) for s, c in counts.items()}
+
+        recipe = self.recipe()
+        train = self.cfg.train
+        available = {g for g in GROUPS if counts["train"][g] > 0}
+        while True:  # drop groups too small to give every worker a batch, then re-split
+            sizes = group_batch_sizes(recipe.mix, train.micro_batch_size, available)
+            small = {g for g, b in sizes.items() if counts["train"][g] < b * train.num_workers}
+            if not small:
+                break
+            for g in small:
+                self.dropped[g] = (f"{counts['train'][g]} train rows < {train.num_workers} workers x "
+                                   f"{sizes[g]} per batch")
+            available -= small
+            if not available:
+                raise ShardsError(f"pretrain: no sample group of the mix {recipe.mix} has enough train rows "
+                                  f"for {train.num_workers} workers x micro_batch_size "
+                                  f"{train.micro_batch_size}: {self.dropped}")
+        self.sizes = sizes
+        for g in recipe.mix:
+            if g not in available and g not in self.dropped:
+                self.dropped[g] = "no train rows"
+        self.val_groups = [g for g in GROUPS if counts["val"][g] > 0 and (g in sizes or len(GROUPS[g]) > 1)]
+
+        if self.mim_target == "auto":
+            self.mim_target = "tokens" if has_codes else "pixels"
+        if self.mim_target == "tokens" and recipe.uses("mim") and not has_codes:
+            raise ShardsError("pretrain: mim_target 'tokens' needs visual tokens in the shards (give the shards "
+                              "stage a visual-tokenizer input) or set mim_target: pixels")
+        overrides = dict(self.cfg.model)
+        if self.cfg.image_size:
+            overrides["vision"] = {**overrides.get("vision", {}), "img_size": self.cfg.image_size}
+        tok = (m.extra.get("tokenizers") or {}).get("text") or {}
+        if tok.get("vocab_size"):
+            overrides.setdefault("text", {})
+            overrides["text"] = {**overrides["text"], "vocab_size": int(tok["vocab_size"])}
+        self.model_config = ModelConfig.from_size(self.cfg.size, **overrides).to_dict()
+
+    def datasets(self) -> dict:
+        from pipelines.data.reader import read_shards
+        from tasks import GROUPS
+
+        def cols(g):
+            return sorted({c for mod in GROUPS[g] for c in _COLUMNS[mod]})
+
+        out = {f"train-{g}": read_shards(self.shards, "train", GROUPS[g], exact=True, columns=cols(g))
+               for g in self.sizes}
+        # val is small and read whole by every worker at every validation: read it once, here
+        out.update({f"val-{g}": read_shards(self.shards, "val", GROUPS[g], exact=True, columns=cols(g)).materialize()
+                    for g in self.val_groups})
+        return out
+
+    # -- worker ----------------------------------------------------------------------------------------
+    @property
+    def collator(self):
+        if self._collator is None:
+            from model import ModelConfig
+            from tasks import BatchSpec, Collator
+
+            mc = ModelConfig.from_dict(self.model_config)
+            ids = ((self.shards.extra.get("tokenizers") or {}).get("text") or {}).get("ids") or {}
+            max_audio = self.cfg.max_audio_frames or (mc.audio.max_tokens - 1) * mc.audio.patch_frames
+            spec = BatchSpec(image_size=mc.vision.img_size,
+                             shard_resolution=int(self.shards.extra.get("image_resolution", mc.vision.img_size)),
+                             patch_size=mc.vision.patch_size,
+                             max_text_tokens=mc.text.max_positions - mc.position_offset,
+                             max_audio_frames=max_audio, patch_frames=mc.audio.patch_frames, n_mels=mc.audio.n_mels,
+                             pad_id=ids.get("pad", 0), bos_id=ids.get("bos", 2), eos_id=ids.get("eos", 3),
+                             mask_id=ids.get("<mask>", 4))
+            self._collator = Collator(spec, self.recipe())
+        return self._collator
+
+    def stream_batch_sizes(self) -> dict[str, int]:
+        return dict(self.sizes)
+
+    def build_model(self, train):
+        from model import ModelConfig
+        from tasks import PretrainModel
+
+        mc = ModelConfig.from_dict({**self.model_config, "checkpoint_activations": train.activation_checkpointing})
+        return PretrainModel(mc, self.recipe(), mim_target=self.mim_target, codebook_size=self.cfg.codebook_size,
+                             embed_dim=self.cfg.embed_dim, mask_id=self.collator.spec.mask_id)
+
+    def collate(self, stream: str, batch: dict):
+        return self.collator.collate(stream, batch)
+
+    def _generator(self, *key: int):
+        import torch
+
+        return torch.Generator().manual_seed(hash((self.cfg.train.seed, *key)) & ((1 << 62) - 1))
+
+    @staticmethod
+    def _to(t: dict, device, dtype) -> dict:
+        return {k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)) for k, v in t.items()}
+
+    def prepare(self, batch, *, step, rank, device, dtype):
+        g = self._generator(step, rank)
+        return {name: self._to(self.collator.add_masks(name, t, g), device, dtype) for name, t in batch.items()}
+
+    def batch_stats(self, batch, num_params: int) -> dict[str, float]:
+        from tasks import GROUPS
+
+        recipe = self.recipe()
+        samples = tokens = flops = 0.0
+        mix = {}
+        for g, t in batch.items():
+            n = 0
+            per_mod = {}
+            if "text_ids" in t:
+                per_mod["text"] = float((~t["text_padding_mask"]).sum())
+            if "pixels" in t:
+                per_mod["image"] = float(t["pixels"].shape[0] * (1 + (t["pixels"].shape[-1] // self.collator.spec.patch_size) ** 2))
+            if "fbank" in t:
+                per_mod["audio"] = float((t["fbank_frames"] // self.collator.spec.patch_frames + 1).sum())
+            n = t[next(iter(t))].shape[0]
+            joint = sum(per_mod.values())
+            samples += n
+            tokens += joint
+            mix[g] = float(n)
+            # 6 N T per trained pass (fwd + bwd), 2 N T per no-grad pass; attention FLOPs left out
+            mdm = any(recipe.uses(o) for o in ("mlm", "mim", "mam"))
+            if mdm or recipe.uses("denoise"):
+                flops += 6 * num_params * joint
+            if recipe.uses("denoise"):
+                flops += 2 * num_params * joint
+            if recipe.uses("contrast") and len(GROUPS[g]) > 1:
+                flops += 6 * num_params * joint
+        return {"samples": samples, "tokens": tokens, "flops": flops, **mix}
+
+    def validate(self, module, streams, *, step, device, dtype) -> dict[str, float]:
+        import torch
+
+        from tasks import GROUPS, retrieval_metrics
+
+        emb: dict[tuple, dict[str, list]] = {p: {} for p in _PAIRS}
+        counts = Counter()
+        for group, it in streams.items():
+            mods = GROUPS[group]
+            for i, t in enumerate(it):
+                t = self._to(self.collator.add_masks(group, t, self._generator(-1, i)), device, dtype)
+                out = module.evaluate(group, t)
+                for k in ("mlm_correct", "mlm_count", "mim_correct", "mim_count"):
+                    if k in out:
+                        counts[k] += float(out[k])
+                for pair in _PAIRS:
+                    if all(m in mods for m in pair):
+                        for m in pair:
+                            emb[pair].setdefault(m, []).append(out[f"emb/{m}"].cpu())
+        metrics: dict[str, float] = {}
+        for kind in ("mlm", "mim"):
+            if counts[f"{kind}_count"]:
+                metrics[f"{kind}_acc"] = counts[f"{kind}_correct"] / counts[f"{kind}_count"]
+        for pair, per_mod in emb.items():
+            if len(per_mod) == 2:
+                metrics.update(retrieval_metrics({m: torch.cat(v) for m, v in per_mod.items()}, [pair]))
+        return metrics
+
+    def export(self, module, out_dir: str) -> list[str]:
+        from safetensors.torch import save_file
+
+        from model import ModelConfig, save_checkpoint
+
+        config = ModelConfig.from_dict(self.model_config)
+        fresh = config.build()  # fp32 copy: the engine's module may be bf16
+        state = {k: v.detach().float().cpu() for k, v in module.backbone.state_dict().items()}
+        fresh.load_state_dict(state, strict=True)
+        save_checkpoint(os.path.join(out_dir, "model.safetensors"), fresh, config)
+        heads = {k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()
+                 if not k.startswith("backbone.")}
+        save_file(heads, os.path.join(out_dir, "heads.safetensors"))
+        with open(os.path.join(out_dir, "pretrain.json"), "w") as f:
+            json.dump({"model_config": self.model_config, "recipe": self.cfg.recipe,
+                       "recipe_overrides": self.cfg.recipe_overrides, "mim_target": self.mim_target,
+                       "stream_batch_sizes": self.sizes}, f, indent=2, sort_keys=True)
+        return ["model.safetensors", "heads.safetensors", "pretrain.json"]
+
+
+def run_pretrain(ctx) -> dict[str, float]:
+    """Body of the ``pretrain`` stage kind."""
+    from pipelines.train.launch import fit
+
+    cfg = ctx.config
+    task = PretrainTask(cfg, ctx.input("shards"))
+    root = ctx.storage_uri.rstrip("/")
+    storage_path = f"{root}/{ctx.pipeline}/{ctx.stage}/_train"  # stable per stage: a rerun resumes
+    result = fit(task, cfg.train, name=ctx.key, storage_path=storage_path, tracking_uri=ctx.tracking_uri,
+                 run_id=ctx.run_id)
+    files = result.copy_export(ctx.output_dir)
+    ctx.extra.update({"model_config": task.model_config, "recipe": cfg.recipe, "mim_target": task.mim_target,
+                      "stream_batch_sizes": task.sizes, "dropped_groups": task.dropped,
+                      "shard_counts": task.counts, "files": files,
+                      "train_run": {"storage_path": storage_path, "name": ctx.key,
+                                    "checkpoint": result.checkpoint_path}})
+    metrics = {k: float(v) for k, v in result.metrics.items()
+               if isinstance(v, (int, float)) and not k.startswith("memory/")}
+    print(f"[pretrain] {int(metrics.get('step', 0))} steps, loss {metrics.get('loss', float('nan')):.4f}; "
+          + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith("val/") and "r@1" in k), flush=True)
+    return metrics

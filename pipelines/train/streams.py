@@ -1,0 +1,62 @@
+"""Training streams: endless, resumable iterators over a worker's dataset shard.
+
+Each stream cycles epochs of its shard (``iter_torch_batches``, ``drop_last`` so every rank sees the same
+number of batches) and knows its position (epoch, batches into the epoch). Resuming re-reads the epoch
+and skips that many batches: with ``preserve_order`` (set by the launcher) the split of blocks across
+workers is deterministic, so a resumed run sees the same samples at the same steps as an uninterrupted
+one (same worker count). Sample order within an epoch is the shards' order: shuffling is the shards
+stage's job.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+
+class Stream:
+    """One training stream on one worker.
+
+    Args:
+        shard: the worker's ``DataIterator`` (``ray.train.get_dataset_shard(name)``).
+        name: stream name (for errors).
+        batch_size: rows per batch.
+        collate: numpy rows -> collated batch.
+        prefetch: batches prefetched by Ray Data.
+        position: ``{"epoch": e, "offset": k}`` to resume from.
+    """
+
+    def __init__(self, shard, name: str, batch_size: int, collate: Callable[[dict], Any], prefetch: int = 2,
+                 position: dict | None = None):
+        self.shard, self.name, self.batch_size, self.collate, self.prefetch = shard, name, batch_size, collate, prefetch
+        position = position or {}
+        self.epoch, self.offset = int(position.get("epoch", 0)), int(position.get("offset", 0))
+        self._it = None
+        self.skip_seconds = 0.0
+
+    def position(self) -> dict:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def _open(self) -> None:
+        self._it = iter(self.shard.iter_torch_batches(batch_size=self.batch_size, collate_fn=self.collate,
+                                                      drop_last=True, prefetch_batches=self.prefetch))
+        started = time.perf_counter()
+        for _ in range(self.offset):  # resume inside an epoch
+            next(self._it)
+        self.skip_seconds += time.perf_counter() - started
+
+    def __next__(self):
+        for _ in range(2):
+            if self._it is None:
+                self._open()
+            try:
+                batch = next(self._it)
+                self.offset += 1
+                return batch
+            except StopIteration:
+                empty = self.offset == 0
+                self.epoch, self.offset, self._it = self.epoch + 1, 0, None
+                if empty:
+                    break
+        raise RuntimeError(f"training stream {self.name!r} yields no batch of {self.batch_size} rows per "
+                           "worker: it has fewer rows than workers x batch size")

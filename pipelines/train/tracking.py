@@ -1,0 +1,73 @@
+"""Rank-0 metrics: MLflow batches straight to the stage's run (Ray Train V2 has no Tune callbacks), a
+progress line, and the loss-curve PNG."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+class RunLogger:
+    """Logs to the MLflow run ``run_id`` at ``tracking_uri`` (no-op without a run id).
+
+    Args:
+        tracking_uri: MLflow tracking URI.
+        run_id: the stage's MLflow run.
+        total_steps: for the progress line's ETA.
+    """
+
+    def __init__(self, tracking_uri: str | None, run_id: str | None, total_steps: int):
+        self.run_id, self.total = run_id, total_steps
+        self.client = None
+        if run_id:
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(tracking_uri)
+        self.started = time.time()
+        self.first_step: int | None = None
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if not self.client or not metrics:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k.replace("@", "_at_"), float(v), now, step) for k, v in metrics.items()]
+        for i in range(0, len(batch), 900):  # MLflow caps a batch at 1000 metrics
+            self.client.log_batch(self.run_id, metrics=batch[i:i + 900])
+
+    def progress(self, step: int, metrics: dict[str, float]) -> None:
+        if self.first_step is None:
+            self.first_step, self.started = step, time.time()
+            eta = float("nan")
+        else:
+            rate = (step - self.first_step) / max(time.time() - self.started, 1e-9)
+            eta = (self.total - step) / max(rate, 1e-9)
+        print(f"[train] step {step}/{self.total} loss {metrics.get('loss', float('nan')):.4f} "
+              f"lr {metrics.get('lr', 0):.2e} tokens/s {metrics.get('tokens_per_s', 0):.0f} "
+              f"data_wait {metrics.get('data_wait_share', 0):.2f} eta {eta:.0f}s", flush=True)
+
+    def artifact(self, path: str) -> None:
+        if self.client and os.path.exists(path):
+            self.client.log_artifact(self.run_id, path)
+
+
+def loss_curve_png(history: list[list[float]], path: str) -> str | None:
+    """history: [[step, loss, val...]] -> a PNG of the training loss; None when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([h[0] for h in history], [h[1] for h in history], label="train loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,1 @@
+"""Implementation of the `visual-tokenizer` stage kind (VQ-KD, BEiT v2). Light: import submodules."""

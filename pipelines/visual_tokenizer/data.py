@@ -1,0 +1,59 @@
+"""Corpus images -> Ray datasets of model-resolution pixels for tokenizer training and validation.
+
+Units are (corpus file, row group), as in the shards stage; each Ray task reads the `image` column of
+its units and decodes with the shards stage's own resize (`pipelines.data.image.image_pixels`), so the
+tokenizer trains on exactly the pixels it will later tokenize.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def decode_units(batch: dict, *, storage_uri: str, resolution: int) -> dict:
+    """Ray Data batch of units {"path", "row_group"} -> {"pixels": (n, 3, R, R) uint8}."""
+    import pyarrow.parquet as pq
+
+    from pipelines.data.image import image_pixels
+    from pipelines.storage import Storage
+
+    storage = Storage(storage_uri) if storage_uri else None
+    out = []
+    for path, group in zip(batch["path"], batch["row_group"]):
+        f = storage.open_input(str(path)) if storage else open(str(path), "rb")
+        with f:
+            images = pq.ParquetFile(f).read_row_group(int(group), columns=["image"]).column("image")
+        out += [image_pixels(b, resolution) for b in images.to_pylist() if b is not None]
+    R = resolution
+    return {"pixels": np.stack(out) if out else np.zeros((0, 3, R, R), np.uint8)}
+
+
+def image_dataset(corpus, split: str, resolution: int, limit: int = 0, shuffle_seed: int | None = None,
+                  cache: bool = True):
+    """A Ray dataset with one `pixels` (3, R, R) uint8 row per image of `split`, or None if it has none.
+
+    Args:
+        corpus: the corpus manifest.
+        split: "train" or "val".
+        resolution: R.
+        limit: keep the first `limit` images (0 = all).
+        shuffle_seed: shuffle once with this seed (None = corpus order).
+        cache: materialize (decode once; later epochs read the object store).
+    """
+    from pipelines.data.raycompat import ensure_ray
+    from pipelines.data.shards_impl import plan_units
+
+    units = plan_units(corpus, split)
+    if not units:
+        return None
+    ray = ensure_ray()
+    ds = ray.data.from_items(units, override_num_blocks=len(units))
+    ds = ds.map_batches(decode_units, batch_size=1, batch_format="numpy",
+                        fn_kwargs={"storage_uri": corpus.storage_uri, "resolution": resolution})
+    if limit:
+        ds = ds.limit(limit)
+    if shuffle_seed is not None:
+        ds = ds.random_shuffle(seed=shuffle_seed)
+    if cache:
+        ds = ds.materialize()
+    return ds

@@ -1,0 +1,137 @@
+"""Batch collation for pretraining: shard rows (numpy columns) -> model-ready tensors, and masks.
+
+Rows arrive as Ray Data numpy batches of one sample group (see ``recipes.GROUPS``): list columns are
+object arrays of arrays, binary columns object arrays of bytes, nulls ``None``. ``Collator.collate``
+decodes and pads; ``Collator.add_masks`` draws the masks of a step from an explicit generator, so a
+resumed run draws the same masks for the same step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .masking import block_mask, random_token_mask, span_mask
+from .recipes import GROUPS, Recipe
+
+# BEiT-3 normalises pixels with mean = std = 0.5 per channel.
+PIXEL_MEAN, PIXEL_STD = 0.5, 0.5
+
+
+@dataclass
+class BatchSpec:
+    """How shard rows become tensors.
+
+    Args:
+        image_size: model input resolution; shard pixels of another resolution are resized.
+        shard_resolution: R of the shards' 3×R×R pixels.
+        patch_size: model patch side (grid of the image mask).
+        max_text_tokens: longest text kept (the model's position table bounds it).
+        max_audio_frames: longest fbank kept, in frames (cropped from the start).
+        patch_frames: frames per audio token (grid of the audio mask).
+        n_mels: mel bins of the shards' fbank.
+        pad_id, bos_id, eos_id, mask_id: text special ids (pad/bos/eos are never masked).
+    """
+
+    image_size: int
+    shard_resolution: int
+    patch_size: int
+    max_text_tokens: int
+    max_audio_frames: int
+    patch_frames: int = 4
+    n_mels: int = 128
+    pad_id: int = 0
+    bos_id: int = 2
+    eos_id: int = 3
+    mask_id: int = 4
+
+
+class Collator:
+    """Turns one group's numpy batch into tensors and draws its masks.
+
+    Args:
+        spec: the ``BatchSpec``.
+        recipe: mask ratios come from it.
+    """
+
+    def __init__(self, spec: BatchSpec, recipe: Recipe):
+        self.spec, self.recipe = spec, recipe
+
+    # -- decoding --------------------------------------------------------------------------------------
+    def collate(self, group: str, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """numpy columns of B rows of ``group`` -> tensors (see the README of this module)."""
+        mods = GROUPS[group]
+        out: dict[str, torch.Tensor] = {}
+        if "text" in mods:
+            out.update(self._text(batch["text_ids"]))
+        if "image" in mods:
+            out["pixels"] = self._pixels(batch["pixels"])
+            codes = batch.get("image_tokens")
+            if codes is not None and all(c is not None for c in codes):
+                out["image_tokens"] = torch.from_numpy(np.stack([np.asarray(c, np.int64) for c in codes]))
+        if "audio" in mods:
+            out.update(self._audio(batch["fbank"], batch["fbank_frames"]))
+        return out
+
+    def _text(self, column) -> dict[str, torch.Tensor]:
+        s = self.spec
+        seqs = [np.asarray(ids, dtype=np.int64)[: s.max_text_tokens] for ids in column]
+        L = max(len(x) for x in seqs)
+        ids = np.full((len(seqs), L), s.pad_id, dtype=np.int64)
+        for i, x in enumerate(seqs):
+            ids[i, : len(x)] = x
+        ids_t = torch.from_numpy(ids)  # (B, L)
+        pad = torch.arange(L)[None, :] >= torch.tensor([len(x) for x in seqs])[:, None]  # (B, L)
+        return {"text_ids": ids_t, "text_padding_mask": pad}
+
+    def _pixels(self, column) -> torch.Tensor:
+        s = self.spec
+        R = s.shard_resolution
+        arr = np.stack([np.frombuffer(b, dtype=np.uint8).reshape(3, R, R) for b in column])  # (B, 3, R, R)
+        x = torch.from_numpy(arr).float().div_(255.0)
+        if R != s.image_size:
+            x = F.interpolate(x, size=(s.image_size, s.image_size), mode="bilinear", antialias=True,
+                              align_corners=False)
+        return (x - PIXEL_MEAN) / PIXEL_STD  # (B, 3, S, S)
+
+    def _audio(self, column, frames_column) -> dict[str, torch.Tensor]:
+        s = self.spec
+        feats = []
+        for data, frames in zip(column, frames_column):
+            f = np.frombuffer(data, dtype="<f2").reshape(int(frames), s.n_mels)[: s.max_audio_frames]
+            f = f.astype(np.float32)
+            # per-utterance normalisation: log-mel levels differ by recording; targets become comparable
+            f = (f - f.mean()) / (f.std() + 1e-5)
+            feats.append(f)
+        T = max(len(f) for f in feats)
+        T = -(-T // s.patch_frames) * s.patch_frames  # whole patches
+        out = np.zeros((len(feats), T, s.n_mels), dtype=np.float32)
+        for i, f in enumerate(feats):
+            out[i, : len(f)] = f
+        return {"fbank": torch.from_numpy(out),  # (B, T, M)
+                "fbank_frames": torch.tensor([len(f) for f in feats], dtype=torch.long)}  # (B,)
+
+    # -- masks -----------------------------------------------------------------------------------------
+    def add_masks(self, group: str, t: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Add ``text_mask`` (B, L), ``pixel_mask`` (B, N) and ``fbank_mask`` (B, N_audio) for the group's
+        modalities; joint ratios apply when the sample has more than one modality."""
+        s, r = self.spec, self.recipe
+        mods = GROUPS[group]
+        joint = len(mods) > 1
+        t = dict(t)
+        if "text" in mods:
+            ids = t["text_ids"]
+            valid = ~t["text_padding_mask"] & (ids != s.bos_id) & (ids != s.eos_id)
+            t["text_mask"] = random_token_mask(valid, r.text_mask_joint if joint else r.text_mask, generator)
+        if "image" in mods:
+            grid = s.image_size // s.patch_size
+            t["pixel_mask"] = block_mask(t["pixels"].shape[0], grid,
+                                         r.image_mask_joint if joint else r.image_mask, generator)
+        if "audio" in mods:
+            n = t["fbank"].shape[1] // s.patch_frames
+            valid = torch.arange(n)[None, :] < (-(-t["fbank_frames"] // s.patch_frames))[:, None]  # (B, N)
+            t["fbank_mask"] = span_mask(valid, r.audio_mask, r.audio_span, generator)
+        return t

@@ -1,0 +1,172 @@
+"""``PretrainModel``: the backbone plus the heads of the recipe's objectives, routing each sample group
+of a mixed batch to the objectives that apply to it.
+
+    model = PretrainModel(ModelConfig.from_size("debug"), get_recipe("omni"), mim_target="pixels")
+    out = model({"image_text": tensors, "text": tensors, ...})   # tensors from batching.Collator
+    out["loss"].backward()                                       # out["mlm/text"], out["contrast/image_text"], ...
+
+Per group (``recipes.GROUPS``):
+- masked pass (mlm / mim / mam / denoise): text ids replaced by ``mask_id`` where ``text_mask``, patches
+  by the mask token where ``pixel_mask``, audio patches where ``fbank_mask``; one joint forward of all the
+  group's modalities feeds MLM, MIM, masked audio modeling and the denoising student;
+- teacher pass (denoise): the clean joint input under no-grad;
+- unimodal passes (contrast, groups of two or three modalities): each modality alone, CLS -> projection.
+Each objective's loss is averaged over the groups it applies to, then weighted by the recipe.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from model import ModelConfig
+
+from .objectives import (CrossModalContrast, DenoisingContrast, MaskedAudioModeling, MaskedImageModeling,
+                         MaskedLanguageModeling)
+from .recipes import GROUPS, MODEL_MODALITY, Recipe
+
+_INPUT_KEYS = {"text": ("text_ids", "text_padding_mask"), "image": ("pixels",), "audio": ("fbank", "fbank_frames")}
+
+
+class PretrainModel(nn.Module):
+    """Backbone + objective heads.
+
+    Args:
+        config: the backbone's ``ModelConfig``.
+        recipe: objectives, weights and mask ratios.
+        mim_target: ``"tokens"`` (visual-tokenizer codes, BEiT-3) or ``"pixels"`` (normalised patch pixels).
+        codebook_size: visual codes, for the tokens target.
+        embed_dim: contrastive embedding width (default: the model width).
+        mask_id: the text ``<mask>`` id.
+    """
+
+    def __init__(self, config: ModelConfig, recipe: Recipe, *, mim_target: str = "pixels",
+                 codebook_size: int = 8192, embed_dim: int | None = None, mask_id: int = 4):
+        super().__init__()
+        self.recipe, self.mask_id = recipe, mask_id
+        self.backbone = config.build()
+        dim = config.dim
+        # heads only for the objectives the recipe runs: no idle parameters in the optimizer
+        if recipe.uses("mlm"):
+            self.mlm = MaskedLanguageModeling(dim, config.text.vocab_size)
+        if recipe.uses("mim"):
+            self.mim = MaskedImageModeling(dim, mim_target, codebook_size, config.vision.patch_size,
+                                           config.vision.in_chans)
+        if recipe.uses("mam"):
+            self.mam = MaskedAudioModeling(dim, config.audio.n_mels, config.audio.patch_frames,
+                                           recipe.audio_contrast_weight)
+        if recipe.uses("contrast"):
+            self.contrast = CrossModalContrast(dim, embed_dim or dim, tuple(config.modalities))
+        if recipe.uses("denoise"):
+            self.denoise = DenoisingContrast(recipe.denoise_temperature)
+
+    def external_parameters(self) -> list[tuple[nn.Module, nn.Parameter]]:
+        """(module, parameter) pairs where a module uses a parameter it does not own: the MLM head reads
+        the text embedding (tied). ZeRO-3 must be told (``deepspeed.zero.register_external_parameter``),
+        or the partitioned weight is seen empty in the head's forward."""
+        return [(self.mlm.head, self.backbone.text_embedding.weight)] if hasattr(self, "mlm") else []
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    @staticmethod
+    def _inputs(b: dict[str, torch.Tensor], mods) -> dict[str, torch.Tensor]:
+        return {k: b[k] for m in mods for k in _INPUT_KEYS[m] if k in b}
+
+    def _masked_inputs(self, b: dict[str, torch.Tensor], mods) -> dict[str, torch.Tensor]:
+        x = self._inputs(b, mods)
+        if "text" in mods:
+            x["text_ids"] = b["text_ids"].masked_fill(b["text_mask"], self.mask_id)
+        if "image" in mods:
+            x["pixel_mask"] = b["pixel_mask"]
+        if "audio" in mods:
+            x["fbank_mask"] = b["fbank_mask"]
+        return x
+
+    @staticmethod
+    def _patch_tokens(out, modality: str) -> torch.Tensor:
+        t = out.tokens[modality]
+        return t if modality == "text" else t[:, 1:]  # vision / audio: drop CLS -> (B, N, C)
+
+    def embed(self, b: dict[str, torch.Tensor], modality: str) -> torch.Tensor:
+        """Unimodal clean pass of one shard modality -> (B, E) unit embedding (the contrast projection
+        when the recipe has one, else the normalised CLS feature)."""
+        mm = MODEL_MODALITY[modality]
+        pooled = self.backbone(self._inputs(b, (modality,))).pooled[mm]  # (B, C)
+        if hasattr(self, "contrast"):
+            return self.contrast.embed({mm: pooled})[mm]
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+    # -- training --------------------------------------------------------------------------------------
+    def group_losses(self, group: str, b: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+        """objective -> its output dict, for one group's batch."""
+        r, mods = self.recipe, GROUPS[group]
+        res: dict[str, dict[str, torch.Tensor]] = {}
+        mdm = [o for o, m in (("mlm", "text"), ("mim", "image"), ("mam", "audio")) if r.uses(o) and m in mods]
+        if mdm or r.uses("denoise"):
+            out = self.backbone(self._masked_inputs(b, mods))
+            if "mlm" in mdm:
+                res["mlm"] = self.mlm(out.tokens["text"], b["text_ids"], b["text_mask"],
+                                      self.backbone.text_embedding.weight)
+            if "mim" in mdm:
+                res["mim"] = self.mim(self._patch_tokens(out, "vision"), b["pixel_mask"], b["pixels"],
+                                      b.get("image_tokens"))
+            if "mam" in mdm:
+                res["mam"] = self.mam(self._patch_tokens(out, "audio"), b["fbank_mask"], b["fbank"])
+            if r.uses("denoise"):
+                with torch.no_grad():
+                    teacher = self.backbone(self._inputs(b, mods))
+                losses, parts = [], {}
+                masks = {"text": "text_mask", "image": "pixel_mask", "audio": "fbank_mask"}
+                for m in mods:
+                    mm = MODEL_MODALITY[m]
+                    d = self.denoise(self._patch_tokens(out, mm), self._patch_tokens(teacher, mm), b[masks[m]])
+                    w = r.denoise_weights.get(mm, 1.0)
+                    losses.append(w * d["loss"])
+                    parts[mm] = d["loss"].detach()
+                res["denoise"] = {"loss": torch.stack(losses).sum(), **parts}
+        if r.uses("contrast") and len(mods) > 1:
+            pooled = {MODEL_MODALITY[m]: self.backbone(self._inputs(b, (m,))).pooled[MODEL_MODALITY[m]]
+                      for m in mods}
+            res["contrast"] = self.contrast(pooled)
+        return res
+
+    def forward(self, batch: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """batch: group -> tensors (groups in ``GROUPS`` order on every rank). Returns ``loss`` and detached
+        parts ``<objective>/<group>`` (loss) and ``<objective>/<group>/<part>`` (diagnostics)."""
+        per_objective: dict[str, list[torch.Tensor]] = {}
+        parts: dict[str, torch.Tensor] = {}
+        for group in [g for g in GROUPS if g in batch]:
+            for objective, res in self.group_losses(group, batch[group]).items():
+                per_objective.setdefault(objective, []).append(res["loss"])
+                parts[f"{objective}/{group}"] = res["loss"].detach()
+                for k, v in res.items():
+                    if k not in ("loss", "count"):
+                        parts[f"{objective}/{group}/{k}"] = v.detach()
+        if not per_objective:
+            raise ValueError(f"no objective of the recipe applies to the groups {sorted(batch)}")
+        total = 0.0
+        for objective, losses in per_objective.items():
+            mean = torch.stack(losses).mean()
+            parts[objective] = mean.detach()
+            total = total + self.recipe.weights[objective] * mean
+        return {"loss": total, **parts}
+
+    # -- validation ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, group: str, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-batch validation outputs: ``emb/<modality>`` (B, E) for groups of several modalities, and
+        ``mlm_correct`` / ``mlm_count`` / ``mim_correct`` / ``mim_count`` from the masked pass."""
+        mods = GROUPS[group]
+        out: dict[str, torch.Tensor] = {}
+        if len(mods) > 1:
+            for m in mods:
+                out[f"emb/{m}"] = self.embed(b, m).float()
+        has_mlm, has_mim = hasattr(self, "mlm") and "text" in mods, hasattr(self, "mim") and "image" in mods
+        if has_mlm or has_mim:
+            o = self.backbone(self._masked_inputs(b, mods))
+            if has_mlm:
+                r = self.mlm(o.tokens["text"], b["text_ids"], b["text_mask"], self.backbone.text_embedding.weight)
+                out["mlm_correct"], out["mlm_count"] = r["acc"] * r["count"], r["count"]
+            if has_mim and self.mim.target == "tokens":
+                r = self.mim(self._patch_tokens(o, "vision"), b["pixel_mask"], b["pixels"], b.get("image_tokens"))
+                out["mim_correct"], out["mim_count"] = r["acc"] * r["count"], r["count"]
+        return out
