@@ -23,12 +23,14 @@ RES, PATCH, CODES = 32, 8, 16
 
 
 @pytest.fixture(scope="module")
-def ray_local(tmp_path_factory):
+def ray_local():
+    """An embedded 2-CPU Ray, shared with the rest of the suite: started here only if
+    no test started one yet, and left running (tests/conftest.py shuts it down)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
-    ray.shutdown()
 
 
 def run(storage, stage, kind, cfg, inputs, key):
