@@ -67,11 +67,21 @@ def submit_run(args) -> int:
     entrypoint = build_entrypoint(args, workdir_abs)
     env_vars = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI",) if k in os.environ}
     client = _client(args.address)
-    job_id = client.submit_job(
-        entrypoint=entrypoint,
-        runtime_env={"working_dir": working_dir, "excludes": WORKING_DIR_EXCLUDES,
-                     "env_vars": env_vars},
-        metadata={"omniway.pipeline": args.pipeline})
+    # A head that has just started answers "No available agent to submit job"
+    # until its job agent is up: retry that for a while instead of failing.
+    deadline = time.time() + 120
+    while True:
+        try:
+            job_id = client.submit_job(
+                entrypoint=entrypoint,
+                runtime_env={"working_dir": working_dir, "excludes": WORKING_DIR_EXCLUDES,
+                             "env_vars": env_vars},
+                metadata={"omniway.pipeline": args.pipeline})
+            break
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.time() > deadline:
+                raise
+            time.sleep(2.0)
     print(f"omniway: submitted {job_id} to {args.address}")
     print(f"  follow: omniway jobs logs {job_id} --address {args.address} --follow")
     if not args.wait:
