@@ -65,10 +65,10 @@ def stage_kind(name: str, *, config: type, version: str, num_cpus: float = 1.0,
                 fn.__module__, fn.__qualname__):
             raise ValueError(f"stage kind {name!r} is already registered by "
                              f"{existing.fn.__module__}.{existing.fn.__qualname__}")
-        doc = description or (fn.__doc__ or "").strip().splitlines()[0:1]
+        first_doc_line = ((fn.__doc__ or "").strip().splitlines() or [""])[0]
         _KINDS[name] = StageKind(name=name, config=config, version=str(version), fn=fn,
                                  num_cpus=float(num_cpus),
-                                 description=doc if isinstance(doc, str) else "".join(doc))
+                                 description=description or first_doc_line)
         return fn
 
     return register
