@@ -85,8 +85,10 @@ class StageContext:
 
         from mlflow.entities import Metric
 
+        from pipelines.tracking import metric_name
+
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        batch = [Metric(metric_name(k), float(v), now, step or 0) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
 
     def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:

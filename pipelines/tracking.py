@@ -8,6 +8,7 @@ fluent global state, so concurrent stages and concurrent runs do not share a
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -20,6 +21,15 @@ TAG_CACHE_HIT = "omniway.cache_hit"
 TAG_SOURCE_RUN = "omniway.source_run_id"
 TAG_PIPELINE = "omniway.pipeline"
 TAG_ERROR = "omniway.error"
+
+
+def metric_name(key: str) -> str:
+    """A metric key as MLflow accepts it: `val/text_to_image/r@1` -> `val/text_to_image/r_at_1`.
+
+    MLflow allows alphanumerics and `_-. :/`; every place that logs metrics goes
+    through here so the same metric has the same name in every run."""
+    key = key.replace("@", "_at_")
+    return re.sub(r"[^\w\-. :/]", "_", key)
 
 
 def _artifact_root(tracking_uri: str) -> str | None:
@@ -130,7 +140,7 @@ class PipelineTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, 0) for k, v in flatten(metrics).items()
+        items = [Metric(metric_name(k), float(v), now, 0) for k, v in flatten(metrics).items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
         for i in range(0, len(items), 1000):
             self.client.log_batch(run_id, metrics=items[i:i + 1000])

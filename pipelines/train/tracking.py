@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import time
 
+from pipelines.tracking import metric_name
+
 
 class RunLogger:
     """Logs to the MLflow run ``run_id`` at ``tracking_uri`` (no-op without a run id).
@@ -32,7 +34,7 @@ class RunLogger:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k.replace("@", "_at_"), float(v), now, step) for k, v in metrics.items()]
+        batch = [Metric(metric_name(k), float(v), now, step) for k, v in metrics.items()]
         for i in range(0, len(batch), 900):  # MLflow caps a batch at 1000 metrics
             self.client.log_batch(self.run_id, metrics=batch[i:i + 900])
 

@@ -223,3 +223,11 @@ def test_uri_storage_commits_through_pyarrow_fs(project):
     assert (key_dir / "_manifest.json").exists()
     project.clear_log()
     assert run(project, body)[0] == 0 and project.runs() == []
+
+
+def test_metric_names_mlflow_rejects_are_mapped_once_for_every_logger():
+    from pipelines.tracking import metric_name
+
+    assert metric_name("val/image_to_text/r@1") == "val/image_to_text/r_at_1"
+    assert metric_name("loss/mlm") == "loss/mlm"
+    assert metric_name("a#b") == "a_b"
