@@ -62,6 +62,22 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true",
                         help="stream the job's logs and exit with its outcome")
 
+    export = sub.add_parser("export", help="write a pretrain stage's weights as omniway safetensors or a "
+                                           "torchscale BEiT-3 checkpoint")
+    export.add_argument("source", help="a pretrain stage output directory, or PIPELINE.yaml with --stage")
+    export.add_argument("--stage", default=None, help="with a pipeline file: export this stage's output for "
+                                                      "its current config")
+    export.add_argument("--format", dest="fmt", choices=["omniway", "beit3"], default="omniway",
+                        help="omniway: a directory with model.safetensors, config.json and the heads; beit3: "
+                             "a .pt file in unilm's layout (vision+text models only) (default: omniway)")
+    export.add_argument("--out", required=True, help="output directory (omniway) or .pt file (beit3)")
+    export.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                        help="with a pipeline file: the overrides the run used (they change the cache key)")
+    export.add_argument("--workdir", default=os.environ.get("OMNIWAY_WORKDIR", ".omniway"),
+                        help="with a pipeline file: the workdir the run used (default: .omniway)")
+    export.add_argument("--storage", default=None,
+                        help="with a pipeline file: storage root; overrides the pipeline's")
+
     jobs = sub.add_parser("jobs", help="list, follow or stop submitted runs")
     jobs.add_argument("action", choices=["list", "logs", "stop", "status"])
     jobs.add_argument("job_id", nargs="?")
@@ -133,6 +149,23 @@ def cmd_submit(args) -> int:
     return submit_run(args)
 
 
+def cmd_export(args) -> int:
+    from pipelines.export import ExportError, export
+
+    try:
+        result = export(args.source, args.fmt, args.out, stage=args.stage, overrides=args.overrides,
+                        workdir=args.workdir, storage=args.storage)
+    except ExportError as e:
+        print(f"omniway export: {e}", file=sys.stderr)
+        return 1
+    print(f"exported {result.source} as {args.fmt}:")
+    for path in result.files:
+        print(f"  {path}")
+    for note in result.notes:
+        print(f"note: {note}")
+    return 0
+
+
 def cmd_jobs(args) -> int:
     from pipelines.jobs import jobs_command
 
@@ -146,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     handler = {"run": cmd_run, "status": cmd_status, "stages": cmd_stages,
-               "submit": cmd_submit, "jobs": cmd_jobs}[args.command]
+               "submit": cmd_submit, "jobs": cmd_jobs, "export": cmd_export}[args.command]
     from pipelines.typed import ConfigError
 
     try:

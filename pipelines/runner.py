@@ -170,6 +170,10 @@ def _execute(spec, storage, plans, results, tracker, echo) -> None:
     import ray
 
     remote = ray.remote(_stage_task)
+    # Ray's state API, used inside Ray Train (its placement-group cleaner), finds "the" cluster by
+    # scanning the machine when RAY_ADDRESS is unset, and fails when several local clusters run; the
+    # stage tasks and everything they start inherit this cluster's address instead.
+    stage_env = {"env_vars": {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}}
     order = topological_order(spec)
     manifests: dict[str, dict] = {n: p.manifest for n, p in plans.items()
                                   if p.manifest is not None and p.state in ("cached", "skipped")}
@@ -202,7 +206,8 @@ def _execute(spec, storage, plans, results, tracker, echo) -> None:
                 kind_cpus = _kind_cpus(stage.uses)
                 options = {"num_cpus": stage.resources.num_cpus if stage.resources.num_cpus
                            is not None else kind_cpus, "num_gpus": stage.resources.num_gpus,
-                           "max_retries": 0, "name": f"omniway:{spec.name}:{name}"}
+                           "max_retries": 0, "name": f"omniway:{spec.name}:{name}",
+                           "runtime_env": stage_env}
                 ref = remote.options(**options).remote(
                     plugins=list(spec.plugins), pipeline=spec.name, stage=name, kind=stage.uses,
                     key=key, config_dict=stage.config_dict,

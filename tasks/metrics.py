@@ -5,34 +5,65 @@ from __future__ import annotations
 import torch
 
 
-def recall_at_k(queries: torch.Tensor, candidates: torch.Tensor, ks=(1, 5)) -> dict[int, float]:
-    """Recall@k when query i's only positive is candidate i.
+def recall_at_k(queries: torch.Tensor, candidates: torch.Tensor, ks=(1, 5),
+                labels: torch.Tensor | None = None) -> dict[int, float]:
+    """Recall@k of cross-modal retrieval.
+
+    Query i's positive is candidate i, and with ``labels`` every candidate j with ``labels[j] ==
+    labels[i]`` too: corpora repeat captions ("a handwritten digit 7" describes every 7), and a text
+    equal to the query's own caption is a correct answer, not a miss.
 
     Args:
         queries: (N, E) unit vectors.
         candidates: (N, E) unit vectors, row i paired with query i.
         ks: cut-offs.
+        labels: (N,) ints, equal for rows whose paired content is identical; None: all distinct.
     Returns:
-        k -> fraction of queries whose positive ranks in the top k (ties count against the query).
+        k -> fraction of queries with a positive in the top k (ties count against the query).
     """
     sim = queries.float() @ candidates.float().t()  # (N, N)
-    positive = sim.diagonal()[:, None]  # (N, 1)
-    # rank = number of candidates scoring at least as high as the positive, the positive excluded
-    rank = (sim >= positive).sum(1) - 1  # (N,)
+    positive = _positives(sim.shape[0], labels, sim.device)  # (N, N) bool
+    best = sim.masked_fill(~positive, float("-inf")).max(1).values[:, None]  # (N, 1)
+    # rank = negatives scoring at least as high as the best positive
+    rank = ((sim >= best) & ~positive).sum(1)  # (N,)
     return {k: float((rank < k).float().mean()) for k in ks}
 
 
-def retrieval_metrics(emb: dict[str, torch.Tensor], pairs, ks=(1, 5)) -> dict[str, float]:
+def chance_at_1(n: int, labels: torch.Tensor | None = None) -> float:
+    """Expected R@1 of a random ranking: the mean share of positives among the N candidates."""
+    if n == 0:
+        return 0.0
+    return float(_positives(n, labels, "cpu").sum(1).double().mean()) / n
+
+
+def _positives(n: int, labels: torch.Tensor | None, device) -> torch.Tensor:
+    if labels is None:
+        return torch.eye(n, dtype=torch.bool, device=device)
+    labels = labels.to(device)
+    return labels[:, None] == labels[None, :]
+
+
+def retrieval_metrics(emb: dict[str, torch.Tensor], pairs, ks=(1, 5),
+                      labels: dict[tuple, torch.Tensor] | None = None) -> dict[str, float]:
     """``<a>_to_<b>/r@k`` for both directions of each (a, b) pair present in ``emb`` (modality -> (N, E)),
-    with the chance level ``<a>_<b>/chance@1`` = 1/N next to it."""
+    with ``<a>_<b>/n`` and the chance level ``<a>_<b>/chance@1`` next to them.
+
+    ``labels`` maps a pair to its (N,) duplicate labels (see ``recall_at_k``)."""
     out: dict[str, float] = {}
     for a, b in pairs:
         if a not in emb or b not in emb:
             continue
         n = emb[a].shape[0]
+        lab = (labels or {}).get((a, b))
         for q, c in ((a, b), (b, a)):
-            for k, v in recall_at_k(emb[q], emb[c], ks).items():
+            for k, v in recall_at_k(emb[q], emb[c], ks, lab).items():
                 out[f"{q}_to_{c}/r@{k}"] = v
         out[f"{a}_{b}/n"] = float(n)
-        out[f"{a}_{b}/chance@1"] = 1.0 / max(n, 1)
+        out[f"{a}_{b}/chance@1"] = chance_at_1(n, lab)
     return out
+
+
+def content_labels(keys: list) -> torch.Tensor:
+    """(N,) ints: equal where ``keys`` (any hashables, e.g. token-id tuples) are equal."""
+    ids: dict = {}
+    return torch.tensor([ids.setdefault(k, len(ids)) for k in keys], dtype=torch.long)

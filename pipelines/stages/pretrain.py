@@ -30,6 +30,9 @@ class PretrainConfig:
         image_size: model input resolution (shard pixels are resized to it); default: the size's.
         max_audio_frames: fbank frames kept per sample; default: what the audio position table covers.
         embed_dim: contrastive embedding width; default: the model width.
+        in_memory_mb: train sample groups whose columns are estimated at or under this many MiB are read
+            once into Ray's object store before training instead of streamed from the files each epoch:
+            a small group in a large corpus would re-read every shard file every few steps. 0 streams all.
         train: the training loop's settings (`pipelines.train.TrainConfig`).
     """
 
@@ -42,6 +45,7 @@ class PretrainConfig:
     image_size: Optional[int] = None
     max_audio_frames: Optional[int] = None
     embed_dim: Optional[int] = None
+    in_memory_mb: float = 512.0
     train: TrainConfig = field(default_factory=TrainConfig)
 
 

@@ -35,6 +35,8 @@ class PretrainTask(TrainTask):
         self.val_groups: list[str] = []
         self.counts: dict[str, dict[str, int]] = {}
         self.dropped: dict[str, str] = {}
+        self.row_bytes: dict[str, float] = {}
+        self.in_memory: list[str] = []  # train groups read into the object store (``datasets``)
         self.model_config: dict = {}
         self.mim_target = cfg.mim_target
         self._collator = None
@@ -71,17 +73,30 @@ class PretrainTask(TrainTask):
                               f"{m.stage!r} are missing under {m.dir}: {missing[:5]}; rerun that stage "
                               f"(omniway run PIPELINE --only {m.stage} --force)")
         counts = {"train": Counter(), "val": Counter()}
+        column_bytes, modality_rows = Counter(), Counter()  # train split: for the in-memory estimate
         has_codes = False
         for rel in files:
             split = rel.split("/", 1)[0]
             if split not in counts:
                 continue
             with m.open(rel) as f:
-                table = pq.read_table(f, columns=["modalities", "image_tokens"])
+                parquet = pq.ParquetFile(f)
+                table = parquet.read(columns=["modalities", "image_tokens"])
+                meta = parquet.metadata
             for mods in table.column("modalities").to_pylist():
                 counts[split][group_of(mods) or "other"] += 1
+                if split == "train":
+                    modality_rows.update(mods)
+            if split == "train":
+                for rg in range(meta.num_row_groups):
+                    for i in range(meta.num_columns):
+                        col = meta.row_group(rg).column(i)
+                        column_bytes[col.path_in_schema.split(".", 1)[0]] += col.total_uncompressed_size
             has_codes = has_codes or table.column("image_tokens").null_count < table.num_rows
         self.counts = {s: dict(c) for s, c in counts.items()}
+        # bytes per row of each modality's columns, averaged over the train rows that have the modality
+        self.row_bytes = {mod: sum(column_bytes[c] for c in cols) / max(1, modality_rows[mod])
+                          for mod, cols in _COLUMNS.items()}
 
         recipe = self.recipe()
         train = self.cfg.train
@@ -126,12 +141,26 @@ class PretrainTask(TrainTask):
         def cols(g):
             return sorted({c for mod in GROUPS[g] for c in _COLUMNS[mod]})
 
-        out = {f"train-{g}": read_shards(self.shards, "train", GROUPS[g], exact=True, columns=cols(g))
-               for g in self.sizes}
+        out = {}
+        for g in self.sizes:
+            ds = read_shards(self.shards, "train", GROUPS[g], exact=True, columns=cols(g))
+            if self.group_bytes(g) <= self.cfg.in_memory_mb * 2**20:
+                # read once into the object store: each epoch of a streamed group re-reads and re-filters
+                # every train file, and a small group (17 image-only rows among 14k) ends an epoch every
+                # few steps, so the trainer would mostly wait for data
+                ds = ds.materialize()
+                self.in_memory.append(g)
+            out[f"train-{g}"] = ds
         # val is small and read whole by every worker at every validation: read it once, here
         out.update({f"val-{g}": read_shards(self.shards, "val", GROUPS[g], exact=True, columns=cols(g)).materialize()
                     for g in self.val_groups})
         return out
+
+    def group_bytes(self, group: str) -> float:
+        """Estimated uncompressed bytes of a train group's columns (``check`` measures them)."""
+        from tasks import GROUPS
+
+        return self.counts["train"].get(group, 0) * sum(self.row_bytes[m] for m in GROUPS[group])
 
     # -- worker ----------------------------------------------------------------------------------------
     @property
@@ -214,8 +243,10 @@ class PretrainTask(TrainTask):
         import torch
 
         from tasks import GROUPS, retrieval_metrics
+        from tasks.metrics import content_labels
 
         emb: dict[tuple, dict[str, list]] = {p: {} for p in _PAIRS}
+        text_keys: dict[tuple, list] = {p: [] for p in _PAIRS}  # the caption of each pair, for duplicates
         counts = Counter()
         for group, it in streams.items():
             mods = GROUPS[group]
@@ -229,13 +260,18 @@ class PretrainTask(TrainTask):
                     if all(m in mods for m in pair):
                         for m in pair:
                             emb[pair].setdefault(m, []).append(out[f"emb/{m}"].cpu())
+                        if "text" in pair:
+                            ids, pad = t["text_ids"].cpu(), t["text_padding_mask"].cpu()
+                            text_keys[pair] += [tuple(row[~padded].tolist()) for row, padded in zip(ids, pad)]
         metrics: dict[str, float] = {}
         for kind in ("mlm", "mim"):
             if counts[f"{kind}_count"]:
                 metrics[f"{kind}_acc"] = counts[f"{kind}_correct"] / counts[f"{kind}_count"]
         for pair, per_mod in emb.items():
             if len(per_mod) == 2:
-                metrics.update(retrieval_metrics({m: torch.cat(v) for m, v in per_mod.items()}, [pair]))
+                labels = {pair: content_labels(text_keys[pair])} if text_keys[pair] else None
+                metrics.update(retrieval_metrics({m: torch.cat(v) for m, v in per_mod.items()}, [pair],
+                                                 labels=labels))
         return metrics
 
     def export(self, module, out_dir: str) -> list[str]:
@@ -271,7 +307,7 @@ def run_pretrain(ctx) -> dict[str, float]:
     files = result.copy_export(ctx.output_dir)
     ctx.extra.update({"model_config": task.model_config, "recipe": cfg.recipe, "mim_target": task.mim_target,
                       "stream_batch_sizes": task.sizes, "dropped_groups": task.dropped,
-                      "shard_counts": task.counts, "files": files,
+                      "shard_counts": task.counts, "in_memory_groups": task.in_memory, "files": files,
                       "train_run": {"storage_path": storage_path, "name": ctx.key,
                                     "checkpoint": result.checkpoint_path}})
     metrics = {k: float(v) for k, v in result.metrics.items()

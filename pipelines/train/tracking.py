@@ -4,6 +4,7 @@ progress line, and the loss-curve PNG."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from pipelines.tracking import metric_name
@@ -45,9 +46,11 @@ class RunLogger:
         else:
             rate = (step - self.first_step) / max(time.time() - self.started, 1e-9)
             eta = (self.total - step) / max(rate, 1e-9)
-        print(f"[train] step {step}/{self.total} loss {metrics.get('loss', float('nan')):.4f} "
-              f"lr {metrics.get('lr', 0):.2e} tokens/s {metrics.get('tokens_per_s', 0):.0f} "
-              f"data_wait {metrics.get('data_wait_share', 0):.2f} eta {eta:.0f}s", flush=True)
+        # straight to stdout: Ray Train patches print() to also log, and the line showed twice
+        sys.stdout.write(f"[train] step {step}/{self.total} loss {metrics.get('loss', float('nan')):.4f} "
+                         f"lr {metrics.get('lr', 0):.2e} tokens/s {metrics.get('tokens_per_s', 0):.0f} "
+                         f"data_wait {metrics.get('data_wait_share', 0):.2f} eta {eta:.0f}s\n")
+        sys.stdout.flush()
 
     def artifact(self, path: str) -> None:
         if self.client and os.path.exists(path):
