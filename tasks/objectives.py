@@ -37,16 +37,30 @@ class MaskedLanguageModeling(nn.Module):
     Args:
         dim: model width.
         vocab_size: text vocabulary.
+        embedding: the text token embedding the head's output matrix is tied to. Referenced, not owned
+            (the backbone owns it: one owner for state dicts, the optimizer and ZeRO partitioning).
+            Without it, ``forward`` takes the weight as an argument.
     """
 
-    def __init__(self, dim: int, vocab_size: int):
+    def __init__(self, dim: int, vocab_size: int, embedding: nn.Embedding | None = None):
         super().__init__()
         self.head = MLMHead(dim, vocab_size)
+        # in a tuple so that nn.Module does not register it as a submodule of this one
+        self._tied = (embedding,) if embedding is not None else ()
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-                embedding_weight: torch.Tensor) -> dict[str, torch.Tensor]:
+                embedding_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """tokens (B, L, C) text features of the masked input; targets (B, L) original ids;
-        mask (B, L) bool, True = predicted."""
+        mask (B, L) bool, True = predicted; embedding_weight (V, C) only when no embedding was tied."""
+        if embedding_weight is None:
+            if not self._tied:
+                raise ValueError("MaskedLanguageModeling needs the embedding weight: tie an embedding at "
+                                 "construction or pass embedding_weight")
+            # Read here, not by the caller: ZeRO-3 wraps every tensor argument of a module call in an
+            # autograd function when the call starts, which aliases the storage the weight has then. The
+            # head (the weight is registered as its external parameter) gathers it before that wrapping;
+            # passed into this module while still partitioned, the head would get an empty alias.
+            embedding_weight = self._tied[0].weight
         logits = self.head(tokens[mask], embedding_weight)  # (K, V)
         labels = targets[mask]  # (K,)
         k = labels.numel()

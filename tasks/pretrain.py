@@ -48,7 +48,7 @@ class PretrainModel(nn.Module):
         dim = config.dim
         # heads only for the objectives the recipe runs: no idle parameters in the optimizer
         if recipe.uses("mlm"):
-            self.mlm = MaskedLanguageModeling(dim, config.text.vocab_size)
+            self.mlm = MaskedLanguageModeling(dim, config.text.vocab_size, embedding=self.backbone.text_embedding)
         if recipe.uses("mim"):
             self.mim = MaskedImageModeling(dim, mim_target, codebook_size, config.vision.patch_size,
                                            config.vision.in_chans)
@@ -61,10 +61,26 @@ class PretrainModel(nn.Module):
             self.denoise = DenoisingContrast(recipe.denoise_temperature)
 
     def external_parameters(self) -> list[tuple[nn.Module, nn.Parameter]]:
-        """(module, parameter) pairs where a module uses a parameter it does not own: the MLM head reads
-        the text embedding (tied). ZeRO-3 must be told (``deepspeed.zero.register_external_parameter``),
-        or the partitioned weight is seen empty in the head's forward."""
-        return [(self.mlm.head, self.backbone.text_embedding.weight)] if hasattr(self, "mlm") else []
+        """(module, parameter) pairs ZeRO-3 must gather for ``module`` although ``module`` does not own the
+        parameter (the loop passes them to ``deepspeed.zero.register_external_parameter``).
+
+        - The MLM head's output matrix is the text embedding (tied): gathered for the head's forward and
+          backward.
+        - ZeRO-3 gathers a module's own parameters for backward from a hook on the module's *outputs*,
+          and it only finds tensors in tensors, tuples, lists and dicts. The backbone and its modality
+          adapters return dataclasses (``ModelOutput``, ``AdapterOutput``), so that hook never fires and
+          the parameters they hold directly (position tables, CLS and mask tokens) are still partitioned
+          (empty) when their gradients arrive: backward fails with "size of tensor a (0) must match".
+          They are registered on this module (its output is a dict) instead: gathered for the whole
+          forward and backward of a step; they are small (no weight matrices).
+        """
+        from model import ModalityAdapter, MultiwayModel
+
+        pairs = [(self, p) for m in self.backbone.modules() if isinstance(m, (MultiwayModel, ModalityAdapter))
+                 for p in m.parameters(recurse=False)]
+        if hasattr(self, "mlm"):
+            pairs.append((self.mlm.head, self.backbone.text_embedding.weight))
+        return pairs
 
     # -- helpers ---------------------------------------------------------------------------------------
     @staticmethod
@@ -104,8 +120,7 @@ class PretrainModel(nn.Module):
         if mdm or r.uses("denoise"):
             out = self.backbone(self._masked_inputs(b, mods))
             if "mlm" in mdm:
-                res["mlm"] = self.mlm(out.tokens["text"], b["text_ids"], b["text_mask"],
-                                      self.backbone.text_embedding.weight)
+                res["mlm"] = self.mlm(out.tokens["text"], b["text_ids"], b["text_mask"])
             if "mim" in mdm:
                 res["mim"] = self.mim(self._patch_tokens(out, "vision"), b["pixel_mask"], b["pixels"],
                                       b.get("image_tokens"))
@@ -164,7 +179,7 @@ class PretrainModel(nn.Module):
         if has_mlm or has_mim:
             o = self.backbone(self._masked_inputs(b, mods))
             if has_mlm:
-                r = self.mlm(o.tokens["text"], b["text_ids"], b["text_mask"], self.backbone.text_embedding.weight)
+                r = self.mlm(o.tokens["text"], b["text_ids"], b["text_mask"])
                 out["mlm_correct"], out["mlm_count"] = r["acc"] * r["count"], r["count"]
             if has_mim and self.mim.target == "tokens":
                 r = self.mim(self._patch_tokens(o, "vision"), b["pixel_mask"], b["pixels"], b.get("image_tokens"))

@@ -22,7 +22,8 @@ class TrainConfig:
         eps: AdamW epsilon.
         grad_clip: global gradient-norm clip (0 = off).
         zero_stage: DeepSpeed ZeRO stage 0-3.
-        offload_optimizer: ZeRO optimizer states on CPU (DeepSpeed's CPU Adam; JIT-compiles once).
+        offload_optimizer: ZeRO optimizer states (and the optimizer step) on CPU memory: torch's
+            fused AdamW on the fp32 partitions, nothing JIT-compiled.
         precision: ``auto`` (bf16 where the GPU supports it, else fp32), ``bf16`` or ``fp32``.
         activation_checkpointing: recompute blocks in backward (the model's flag).
         num_workers: Ray Train workers.
@@ -38,6 +39,9 @@ class TrainConfig:
         prefetch_batches: Ray Data batches prefetched per stream.
         stop_after: end this invocation after this many steps in total (0: run to ``steps``), with a
             checkpoint; a later run with the same config resumes (time-boxed or preemptible slots).
+        zero3_persistence_threshold: ZeRO-3 keeps parameters of at most this many elements whole on every
+            rank instead of partitioning them (DeepSpeed's ``stage3_param_persistence_threshold``; its
+            default 1e5 keeps every parameter of a small model whole; 0 partitions all).
     """
 
     steps: int = 100
@@ -66,10 +70,13 @@ class TrainConfig:
     peak_flops_per_worker: float = 0.0
     prefetch_batches: int = 2
     stop_after: int = 0
+    zero3_persistence_threshold: int = 100_000  # last: keeps positional construction as it was
 
     def __post_init__(self) -> None:
         if not 0 <= self.zero_stage <= 3:
             raise ValueError(f"zero_stage must be 0-3, got {self.zero_stage}")
+        if self.zero3_persistence_threshold < 0:
+            raise ValueError(f"zero3_persistence_threshold must be >= 0, got {self.zero3_persistence_threshold}")
         if self.offload_optimizer and self.zero_stage == 0:
             raise ValueError("offload_optimizer needs zero_stage >= 1")
         if len(self.betas) != 2:

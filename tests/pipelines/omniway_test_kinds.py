@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from pipelines.registry import stage_kind
+from pipelines.train.pretrain_task import PretrainTask
 
 
 def _record(log: str, stage: str, event: str) -> None:
@@ -81,3 +82,33 @@ class NeedsConfig:
 @stage_kind("test-required", config=NeedsConfig, version="1")
 def required(ctx):
     return {"size": ctx.config.size}
+
+
+class GatedPretrainTask(PretrainTask):
+    """The pretraining task, stopped at a known point of the run so that a test can kill a worker there.
+
+    Before the micro step ``gate_step`` (0-based; with ``grad_accum`` 1 that is after ``gate_step``
+    completed steps) every rank writes ``<gate_dir>/waiting-rank<r>`` holding its pid and waits until
+    ``<gate_dir>/go`` exists. Put the gate after a checkpoint: the run cannot end (or pass the checkpoint
+    by a few steps) before the test has acted, whatever the machine's speed. After a restart ``go``
+    already exists and the gate is open. ``timeout_s`` only keeps a broken test from hanging forever.
+    Lives here so Ray workers can import it (tests/pipelines is on their PYTHONPATH).
+    """
+
+    def __init__(self, cfg, shards, *, gate_dir: str, gate_step: int, timeout_s: float = 300.0):
+        super().__init__(cfg, shards)
+        self.gate_dir, self.gate_step, self.timeout_s = gate_dir, gate_step, timeout_s
+
+    def prepare(self, batch, *, step, rank, device, dtype):
+        go = os.path.join(self.gate_dir, "go")
+        if step == self.gate_step and not os.path.exists(go):
+            marker = os.path.join(self.gate_dir, f"waiting-rank{rank}")
+            with open(marker + ".tmp", "w") as f:
+                f.write(str(os.getpid()))
+            os.replace(marker + ".tmp", marker)  # whole or absent: the test reads the pid
+            deadline = time.monotonic() + self.timeout_s
+            while not os.path.exists(go):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"gate {go} not opened within {self.timeout_s} s")
+                time.sleep(0.05)
+        return super().prepare(batch, step=step, rank=rank, device=device, dtype=dtype)
