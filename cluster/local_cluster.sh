@@ -30,6 +30,11 @@ cpus_opt=()
 # on 127.0.0.1, so it is left off for local use.
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"
 
+# Every node's dashboard agent serves HTTP on 52365 unless told otherwise: a second
+# node or cluster on this machine would lose that port, and a head whose agent
+# failed to bind refuses every job ("No available agent to submit job").
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
 # The process tree under the given pids (Ray workers and agents rename
 # themselves, so only the core processes name the session directory).
 tree() { local p; for p in "$@"; do echo "$p"; tree $(pgrep -P "$p" || true); done; }
@@ -39,12 +44,13 @@ case "$cmd" in
     mkdir -p "$temp_dir"
     "$RAY" start --head --node-ip-address=127.0.0.1 --port="$port" \
       --dashboard-host=127.0.0.1 --dashboard-port="$dashboard_port" --include-dashboard=true \
+      --dashboard-agent-listen-port="$(free_port)" \
       --temp-dir="$temp_dir" --disable-usage-stats "${cpus_opt[@]}"
     echo "ray head: 127.0.0.1:${port}   jobs: http://127.0.0.1:${dashboard_port}"
     ;;
   add-node)
     "$RAY" start --address="127.0.0.1:${port}" --node-ip-address=127.0.0.1 \
-      --disable-usage-stats "${cpus_opt[@]}"
+      --dashboard-agent-listen-port="$(free_port)" --disable-usage-stats "${cpus_opt[@]}"
     ;;
   status)
     "$RAY" status --address="127.0.0.1:${port}"
