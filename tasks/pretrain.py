@@ -47,7 +47,7 @@ class PretrainModel(nn.Module):
         self.backbone = config.build()
         dim = config.dim
         # heads only for the objectives the recipe runs: no idle parameters in the optimizer
-        if recipe.uses("mlm"):
+        if recipe.uses("mlm") and "text" in config.modalities:  # the head reads the text embedding
             self.mlm = MaskedLanguageModeling(dim, config.text.vocab_size, embedding=self.backbone.text_embedding)
         if recipe.uses("mim"):
             self.mim = MaskedImageModeling(dim, mim_target, codebook_size, config.vision.patch_size,
