@@ -32,8 +32,12 @@ class TrainTask:
     def build_model(self, train) -> Any:
         """The ``nn.Module`` DeepSpeed wraps; ``forward(batch)`` returns ``{"loss": scalar, <part>: ...}``.
         ``train`` is the ``TrainConfig`` (activation checkpointing flag...). Same init on every rank:
-        the loop seeds torch before calling it. Under ZeRO-3 the loop registers the pairs returned by the
-        module's optional ``external_parameters()`` (tied weights used outside their owner)."""
+        the loop seeds torch before calling it. Under ZeRO-3 the loop registers the (module, parameter)
+        pairs returned by the module's optional ``external_parameters()``
+        (``deepspeed.zero.register_external_parameter``): tied weights used outside their owner, and
+        parameters of modules that return something other than tensors, tuples, lists or dicts (ZeRO-3's
+        backward hooks only find tensors in those, so such a module's own parameters are not gathered
+        for backward)."""
         raise NotImplementedError
 
     def collate(self, stream: str, batch: dict) -> Any:
