@@ -1,15 +1,35 @@
-"""Shards path over real demo samples: Ray Data (actor pool) against a single-process loop.
+"""Shards path over real demo samples: Ray Data (2 workers) against a single-process loop.
+
+Input: the demo pipeline's own corpus (pipelines/configs/demo.yaml: tuxpaint stamps, asterisk
+prompts, scikit-learn digits, Python doc paragraphs; ~14.9k samples) and text tokenizer, built
+first, untimed, on the 2-CPU local Ray that both paths then share.
 
 Both paths do the whole `shards` job over the same corpus and write the same files:
-`Featurizer.rows` (sentencepiece ids, Pillow decode + resize + pixels, soundfile +
-log-mel) on every row, then Parquet part files of `rows_per_file` rows (zstd) -- the
-loop cuts its rows with `PartWriter` in one process; the Ray path is the stage's own
-`write_shards` (2 actors on a 2-CPU local Ray that is started before timing either
-path; actor start-up included, as are the loop's imports). The two outputs must be
-byte-identical. Also measured single-process (= per core, CPU time, best of 3):
-images/s for decode + resize + pixels, and sentencepiece lines/s (batches of 1024).
+`Featurizer.rows` (sentencepiece ids, Pillow decode + resize + pixels, soundfile + numpy log-mel)
+on every row, then Parquet part files of `rows_per_file` rows (zstd). The two outputs must be
+byte-identical.
 
-    .venv/bin/python benchmarks/bench_prepare.py [--cpus 2] [--docs 40]
+  loop   one process (this one), the corpus rows already in memory (read untimed): Featurizer.rows
+         on batches of `batch_size` rows, `PartWriter` cuts and writes the part files.
+  ray    the stage's own `write_shards` (pipelines/data/shards_impl.py), everything timed: planning
+         from the corpus files, Ray Data tasks (2 at a time, 1 CPU each) that read their corpus
+         slices and featurize them, part files encoded by the driver. The Ray workers are the
+         ones that built the corpus just before (Ray keeps task workers, as in `omniway run`,
+         where shards follows other Ray Data stages): they have imported Ray Data already, and
+         set up the tokenizer in their first task, timed. `--fresh-ray` restarts Ray before
+         each Ray run instead (brand-new workers: ~2 CPU-seconds of imports each, timed).
+
+Each path runs `--repeat` times, alternating, and keeps its best time (the machine may be shared;
+interference only ever slows a run). The CPU seconds of each path are printed too (the Ray path's:
+the driver plus every process of the local Ray -- workers, raylet, GCS), with the ratio that
+`cpus` idle cores would give: a load-independent check of the Ray path's overhead. On a shared
+Linux machine with sched_autogroup on, CPU is shared per session first: while other sessions are
+busy, all of this benchmark's processes (the local Ray included) together get one session's
+share, so only a run on an otherwise idle machine shows what the second core buys; the load
+average is printed around the timed runs. Also measured single-process (= per core, CPU time,
+best of 3): images/s for decode + resize + pixels, and sentencepiece lines/s (batches of 1024).
+
+    .venv/bin/python benchmarks/bench_prepare.py [--cpus 2] [--docs N] [--repeat 2] [--fresh-ray]
 
 Last line: `ray_over_loop: <ratio>` (targets: >= 1.6 on 2 cores; >= 100 images/s per
 core; >= 40,000 lines/s per core).
@@ -24,16 +44,26 @@ import tempfile
 import time
 
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+DEMO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pipelines", "configs",
+                    "demo.yaml")
 
 
-def build_inputs(root: str, docs: int):
+def build_inputs(root: str, docs: int | None):
+    """The demo pipeline's own corpus and text tokenizer (pipelines/configs/demo.yaml: tuxpaint
+    stamps, asterisk prompts, scikit-learn digits, Python doc paragraphs), built untimed."""
     import pipelines.stages  # noqa: F401
-    from pipelines.data.config import CorpusConfig, SourceConfig, TextTokenizerConfig
+    from pipelines.config import load_pipeline
     from pipelines.execute import execute_stage
     from pipelines.manifest import Manifest
     from pipelines.storage import Storage
 
     storage = Storage(root)
+    demo = load_pipeline(DEMO, workdir=os.path.join(root, "work")).stages
+    corpus_cfg, tok_cfg = demo["corpus"].config, demo["text-tokenizer"].config
+    if docs is not None:
+        for source in corpus_cfg.sources:
+            if source.name == "pydocs":
+                source.max_files = docs
 
     def run(stage, kind, cfg, inputs):
         data = execute_stage(pipeline="bench", stage=stage, kind=kind, key="k", config=cfg,
@@ -41,14 +71,8 @@ def build_inputs(root: str, docs: int):
         return Manifest(dir=storage.output_dir("bench", stage, "k"), data=data,
                         storage_uri=storage.root)
 
-    corpus = run("corpus", "corpus", CorpusConfig(sources=[
-        SourceConfig(name="tuxpaint", format="tuxpaint"),
-        SourceConfig(name="asterisk", format="asterisk"),
-        SourceConfig(name="digits", format="digits", limit=400),
-        SourceConfig(name="pydocs", format="text", path="/usr/share/doc/python3.11/html/_sources",
-                     extensions=[".rst.txt"], text_unit="paragraph", max_files=docs),
-    ], rows_per_file=256), {})
-    tok = run("tok", "text-tokenizer", TextTokenizerConfig(vocab_size=8000), {"corpus": corpus})
+    corpus = run("corpus", "corpus", corpus_cfg, {})
+    tok = run("tok", "text-tokenizer", tok_cfg, {"corpus": corpus})
     return corpus, tok
 
 
@@ -94,6 +118,28 @@ def file_hashes(root: str) -> dict[str, str]:
     return out
 
 
+def ray_processes_cpu() -> float:
+    """CPU seconds used so far by this process's descendants (the local Ray: GCS, raylet, workers)."""
+    import psutil
+
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            t = child.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def autogroup() -> str:
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
+            return "on" if f.read().strip() == "1" else "off"
+    except OSError:
+        return "n/a"
+
+
 def per_core(fn, items, repeat: int = 3) -> float:
     """Items per CPU-second of this process, best of `repeat` passes."""
     best = float("inf")
@@ -107,7 +153,11 @@ def per_core(fn, items, repeat: int = 3) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cpus", type=int, default=2)
-    ap.add_argument("--docs", type=int, default=40, help="python doc pages in the corpus")
+    ap.add_argument("--docs", type=int, default=None,
+                    help="python doc pages in the corpus (default: the demo's max_files)")
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each path; the best counts")
+    ap.add_argument("--fresh-ray", action="store_true",
+                    help="restart Ray before each Ray run (brand-new worker processes)")
     args = ap.parse_args()
 
     import ray
@@ -130,21 +180,40 @@ def main() -> None:
         print(f"samples: {n} ({mods}), rows_per_file {cfg.rows_per_file}")
         assert n >= 1000, "the benchmark needs >= 1,000 samples"
 
-        # Single-process loop over the same rows: same functions, same files.
-        loop_dir = os.path.join(root, "loop")
-        t = time.perf_counter()
-        loop_rows = loop_shards(rows, spm_model, cfg, loop_dir)
-        loop_s = time.perf_counter() - t
+        loop_times, ray_times, cpu = [], [], []
+        load_before = os.getloadavg()[0]
+        for rep in range(args.repeat):
+            # Single-process loop over the same rows: same functions, same files.
+            loop_dir = os.path.join(root, f"loop{rep}")
+            c, t = time.process_time(), time.perf_counter()
+            loop_rows = loop_shards(rows, spm_model, cfg, loop_dir)
+            loop_times.append(time.perf_counter() - t)
+            loop_cpu = time.process_time() - c
 
-        # Ray Data: the shards stage's own path (actor pool builds whole part files).
-        ray_dir = os.path.join(root, "ray")
-        t = time.perf_counter()
-        parts = write_shards(corpus, spm_model, cfg, ray_dir)
-        ray_s = time.perf_counter() - t
-        ray_rows = sum(p["rows"] for p in parts)
-        assert ray_rows == loop_rows == n, (ray_rows, loop_rows, n)
-        loop_files, ray_files = file_hashes(loop_dir), file_hashes(ray_dir)
-        assert loop_files == ray_files, "the Ray path and the loop wrote different shards"
+            if args.fresh_ray:  # brand-new workers (untimed: Ray's own start)
+                ray.shutdown()
+                ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+                ensure_ray()
+                time.sleep(3)
+            # Ray Data: the shards stage's own path.
+            ray_dir = os.path.join(root, f"ray{rep}")
+            c, rc, t = time.process_time(), ray_processes_cpu(), time.perf_counter()
+            parts = write_shards(corpus, spm_model, cfg, ray_dir)
+            ray_times.append(time.perf_counter() - t)
+            cpu.append((loop_cpu, time.process_time() - c, ray_processes_cpu() - rc))
+            ray_rows = sum(p["rows"] for p in parts)
+            assert ray_rows == loop_rows == n, (ray_rows, loop_rows, n)
+            loop_files, ray_files = file_hashes(loop_dir), file_hashes(ray_dir)
+            assert loop_files == ray_files, "the Ray path and the loop wrote different shards"
+            print(f"run {rep}: loop {loop_times[-1]:.2f}s ({cpu[-1][0]:.2f} CPU-s), ray "
+                  f"{ray_times[-1]:.2f}s ({cpu[-1][1]:.2f} CPU-s driver + {cpu[-1][2]:.2f} CPU-s "
+                  f"Ray processes)", flush=True)
+            shutil.rmtree(loop_dir)
+            shutil.rmtree(ray_dir)
+        loop_s, ray_s = min(loop_times), min(ray_times)
+        print(f"machine: {os.cpu_count()} CPUs visible, load average {load_before:.2f} before / "
+              f"{os.getloadavg()[0]:.2f} after the timed runs, sched_autogroup {autogroup()}")
+        loop_cpu, ray_cpu = min(c[0] for c in cpu), min(c[1] + c[2] for c in cpu)
 
         images = [r["image"] for r in rows if r["image"] is not None]
         img_rate = per_core(lambda xs: [image_pixels(d, cfg.image_resolution) for d in xs], images)
@@ -157,13 +226,17 @@ def main() -> None:
         spm_rate = per_core(lambda xs: [sp.encode(xs[i:i + 1024], num_threads=1)
                                         for i in range(0, len(xs), 1024)], lines)
 
-        print(f"loop: {n / loop_s:.1f} samples/s ({loop_s:.2f}s, 1 process)")
-        print(f"ray:  {n / ray_s:.1f} samples/s ({ray_s:.2f}s, {args.cpus} actors on "
-              f"{args.cpus} CPUs, actor start-up included; {len(ray_files)} part files, "
-              f"identical to the loop's)")
+        workers = "fresh Ray" if args.fresh_ray else "workers that built the corpus"
+        print(f"loop: {n / loop_s:.1f} samples/s ({loop_s:.2f}s best of {args.repeat}, 1 process)")
+        print(f"ray:  {n / ray_s:.1f} samples/s ({ray_s:.2f}s best of {args.repeat}, {args.cpus} "
+              f"tasks at a time on {args.cpus} CPUs, {workers}, per-run setup included; "
+              f"{len(ray_files)} part files, identical to the loop's)")
         print(f"images_per_s_per_core: {img_rate:.1f} "
               f"({len(images)} images, decode + resize {cfg.image_resolution} + pixels)")
         print(f"spm_lines_per_s_per_core: {spm_rate:.0f} ({len(lines)} lines)")
+        print(f"cpu: loop {loop_cpu:.2f} CPU-s, ray {ray_cpu:.2f} CPU-s (driver + every Ray process; "
+              f"least of {args.repeat}): on {args.cpus} idle cores Ray could reach "
+              f"{args.cpus * loop_cpu / ray_cpu:.2f}x the loop")
         print(f"ray_over_loop: {loop_s / ray_s:.2f}")
     finally:
         ray.shutdown()

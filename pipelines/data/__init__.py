@@ -11,7 +11,7 @@ Map:
 - `sources/`     one reader per input format (webdataset, index, parquet, text, demo corpora).
 - `text.py`, `image.py`, `audio.py`   decode + validate one sample's modality.
 - `normalize.py` raw record -> accepted corpus row or reject (the per-sample corpus function).
-- `fbank.py`     log-mel filterbank features (torch.stft).
+- `fbank.py`     log-mel filterbank features (numpy FFT; no torch).
 - `featurize.py` corpus row -> shards row (the per-sample shards function).
 - `corpus_impl.py`, `tokenizer_impl.py`, `shards_impl.py`   bodies of the stage kinds.
 - `reader.py`    shards manifest -> Ray Dataset for a split and modality mix.

@@ -108,7 +108,7 @@ class CorpusConfig:
         sources: the named inputs (at least one).
         val_fraction: share of samples put in `val`, by a hash of sample_id.
         rows_per_file: rows per output Parquet file.
-        num_workers: Ray actors decoding and validating in parallel.
+        num_workers: Ray tasks decoding and validating in parallel (1 CPU each).
         batch_size: records per map_batches call.
         text / image / audio: per-modality validation limits.
         dedup: drop exact duplicates (same normalised content) after the first.
@@ -170,8 +170,9 @@ class ShardsConfig:
         rows_per_file: rows per shard file (fixed; the last file of a split may be short).
         image_resolution: R of the C×R×R pixels (shorter side resized to R, centre crop).
         max_text_tokens: token ids per sample at most, bos and eos included.
-        num_workers: Ray actors in the feature pool (each loads the tokenizers once).
-        batch_size: samples per map_batches call.
+        num_workers: Ray tasks featurizing in parallel (1 CPU each; a worker process
+            loads the tokenizers once and keeps them for its later tasks).
+        batch_size: samples per Featurizer.rows call (and per visual tokenizer forward).
         plot_samples: spectrograms in the log-mel artifact (0 = none).
     """
 

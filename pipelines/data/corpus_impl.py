@@ -2,7 +2,7 @@
 
 Flow (Ray Data, ordered):
     work units (driver: list files / tars)            from_items, one unit per block
-      -> ReadAndNormalize actors (read bytes, decode, validate, hash)   map_batches
+      -> read_and_normalize tasks (read bytes, decode, validate, hash)  map_batches
       -> driver: source limits, dedup by content hash, split by sample_id hash,
          fixed-rows Parquet files: train/, val/, rejects/, duplicates/
 Accounting: read = accepted + rejected + duplicates, checked before anything commits.
@@ -26,38 +26,35 @@ def split_of(sample_id: str, val_fraction: float) -> str:
     return "val" if x < val_fraction else "train"
 
 
-class ReadAndNormalize:
-    """Ray Data callable class: one work unit in, result tables (schema RESULT_SCHEMA) out.
+def read_and_normalize(batch, *, cfg: CorpusConfig) -> Iterator:
+    """Ray Data task: work units in, result tables (schema RESULT_SCHEMA) out.
 
-    Reading and normalising share an actor so no separate read task competes with
-    the pool for CPUs; a unit's records are emitted in chunks of `batch_size`.
+    Reading and normalising share a task so no separate read task competes for CPUs; a
+    unit's records are emitted in chunks of `batch_size`. A task, not an actor: Ray keeps
+    task worker processes between datasets, so the next Ray Data stage (shards, the visual
+    tokenizer's image decoding) finds workers that have already imported Ray Data and the
+    decoders instead of starting actors from scratch.
 
     Args:
+        batch: pyarrow table of work units (see `sources.plan`).
         cfg: the corpus config.
     """
+    from pipelines.data import sources
+    from pipelines.data.normalize import normalize_record
+    from pipelines.data.tables import results_table
 
-    def __init__(self, cfg: CorpusConfig):
-        from pipelines.data.normalize import normalize_record
-
-        self.cfg = cfg
-        self.sources = {s.name: s for s in cfg.sources}
-        self._normalize = normalize_record
-
-    def __call__(self, batch) -> Iterator:
-        from pipelines.data import sources
-        from pipelines.data.tables import results_table
-
-        for unit in batch.to_pylist():
-            src = self.sources[unit["source"]]
-            require = tuple(src.require)
-            rows = []
-            for rec in sources.read(src, unit):
-                rows.append(self._normalize(rec, self.cfg, require))
-                if len(rows) >= self.cfg.batch_size:
-                    yield results_table(rows)
-                    rows = []
-            if rows:
+    by_name = {s.name: s for s in cfg.sources}
+    for unit in batch.to_pylist():
+        src = by_name[unit["source"]]
+        require = tuple(src.require)
+        rows = []
+        for rec in sources.read(src, unit):
+            rows.append(normalize_record(rec, cfg, require))
+            if len(rows) >= cfg.batch_size:
                 yield results_table(rows)
+                rows = []
+        if rows:
+            yield results_table(rows)
 
 
 def validate_config(cfg: CorpusConfig) -> None:
@@ -75,16 +72,18 @@ def validate_config(cfg: CorpusConfig) -> None:
 
 
 def iter_results(cfg: CorpusConfig) -> Iterator[dict]:
-    """All result rows of all sources, in a deterministic order (Ray actors do the work)."""
+    """All result rows of all sources, in a deterministic order (Ray tasks do the work)."""
     from pipelines.data import sources
-    from pipelines.data.raycompat import ensure_ray, pool
+    from pipelines.data.raycompat import ensure_ray, no_ramp_up, task_concurrency
 
     units = [u for s in cfg.sources for u in sources.plan(s)]
     ray = ensure_ray()
-    # One unit per block, so the actors share the units out one at a time.
+    # One unit per block, so the tasks share the units out one at a time.
     ds = ray.data.from_items(units, override_num_blocks=len(units))
-    ds = ds.map_batches(ReadAndNormalize, fn_constructor_args=(cfg,), batch_size=1,
-                        batch_format="pyarrow", compute=pool(ray, cfg.num_workers, len(units)))
+    ds = ds.map_batches(read_and_normalize, fn_kwargs={"cfg": cfg}, batch_size=1,
+                        batch_format="pyarrow", num_cpus=1,
+                        concurrency=task_concurrency(ray, cfg.num_workers, len(units)))
+    ds = no_ramp_up(ds)
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         yield from batch.to_pylist()
 

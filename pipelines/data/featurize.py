@@ -1,10 +1,11 @@
 """Corpus row -> shards row: the per-sample function of the shards stage.
 
 `Featurizer.rows` is plain Python over a list of corpus rows, so the benchmark's
-single-process loop and the Ray actors run exactly the same code. The sentencepiece
+single-process loop and the Ray tasks run exactly the same code. The sentencepiece
 model (and a visual tokenizer, when one is an input) is loaded once per instance,
-i.e. once per Ray actor. torch (log-mel) is imported on the first audio sample only:
-it costs seconds of start-up per process, which a text/image-only corpus need not pay.
+i.e. once per Ray worker process (see `shards_impl.worker_state`). Nothing here imports
+torch (the log-mel is numpy): only a visual tokenizer does, when one is an input -- torch
+costs seconds of start-up per process.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class Featurizer:
         if not self._torch_ready:
             import torch
 
-            torch.set_num_threads(1)  # one actor per core; torch threads would oversubscribe
+            torch.set_num_threads(1)  # one worker per core; torch threads would oversubscribe
             self._torch_ready = True
 
     def text_ids(self, texts: list[str]) -> list[list[int]]:
@@ -69,7 +70,6 @@ class Featurizer:
                 row["pixels"] = pix.tobytes()
                 pixel_rows.append((row, pix))
             if r["audio"] is not None:
-                self._single_thread_torch()
                 row["fbank"], row["fbank_frames"] = fbank_bytes(load_audio_16k(r["audio"]))
             out.append(row)
         if self.visual is not None and pixel_rows:

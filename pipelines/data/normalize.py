@@ -1,7 +1,7 @@
 """Raw record -> accepted corpus row or reject: the per-sample function of the corpus stage.
 
 `normalize_record` is plain Python on one record so the benchmark's single-process
-loop and the Ray actors call exactly the same code. `Normalizer` is the Ray Data
+loop and the Ray tasks call exactly the same code. `Normalizer` is the Ray Data
 callable class: one instance per actor, a batch of raw records in, the same number
 of result rows out (accepted rows have reason == "").
 """

@@ -1,14 +1,22 @@
 """Body of the `shards` kind: corpus samples -> model-ready Parquet shards per split.
 
-Flow (Ray Data): the driver plans the output files from corpus Parquet metadata alone --
-`<split>/part-NNNNN.parquet` holds rows [N * rows_per_file, (N + 1) * rows_per_file) of
-the split, in corpus order -- and one Ray actor pool (tokenizers loaded once per actor)
-builds each part file whole: it reads its row slices of the corpus, computes the model
-columns (text ids, pixels, visual tokens, log-mel) and encodes the Parquet file. The
-driver receives only the encoded file (already compressed) and a few counts, and writes
-it under its planned name. Each file's bytes depend on its rows alone, so two runs give
-byte-identical shards whatever the scheduling; the parts are handed out heaviest first,
-one at a time per actor, so a part of photos and sounds does not wait behind text.
+Flow (Ray Data): the driver plans the output files from the corpus -- `<split>/part-NNNNN.parquet`
+holds rows [N * rows_per_file, (N + 1) * rows_per_file) of the split, in corpus order -- and cuts
+the parts into chunks by estimated cost (whole `batch_size` batches: a chunk of photos holds a
+few dozen rows, a chunk of text paragraphs a whole part), grouped into Ray Data tasks that
+shrink as the work runs out (see `_guided`). Each task reads its row slices of the corpus and
+computes the model columns (text ids, pixels, visual tokens, log-mel) with the per-sample
+`Featurizer`; the driver regroups the rows by chunk and, as soon as a part is complete, encodes
+its Parquet file on a background thread while the tasks go on. A file's bytes depend on its
+rows alone, so two runs give byte-identical shards whatever the scheduling.
+
+Why chunks, not whole part files per worker: a part of 1,024 photos costs ~50x a part of 1,024
+text paragraphs, and a corpus in source order has a few such parts; handing out whole parts left
+one worker alone on the last photo part while the other idled. Parts are handed out heaviest
+first and a part's chunks one after the other, so heavy parts complete (and get encoded) early
+and the last tasks are short. Why tasks, not an actor pool: see `_WORKER_STATE`.
+The price: every featurized row travels to the driver (through the object store: shared memory
+on one node), and the driver spends about a quarter of the stage's CPU compressing the parts.
 """
 
 from __future__ import annotations
@@ -36,17 +44,46 @@ def plan_units(corpus, split: str) -> list[dict]:
     return units
 
 
-# Relative CPU cost of a corpus byte by column, to hand out the heaviest parts first
-# (decoding a compressed image or sound costs far more per byte than tokenizing text).
-_COST_PER_BYTE = {"image": 8.0, "audio": 8.0, "text": 1.0}
+# Estimated CPU cost of one row, in microseconds of one core (measured on the demo corpus),
+# from what it carries. Used only to cut parts into chunks of similar cost and to order the
+# work; a wrong estimate costs balance, never correctness. Media bytes are the corpus' encoded
+# bytes (row-group averages): decoding a big PNG costs more than a small one.
+ROW_US = 60.0                # text ids, row conversion, Parquet encoding of the small columns
+IMAGE_US = 1900.0            # resize to R, pixel bytes, and their Parquet encoding
+IMAGE_US_PER_BYTE = 0.25     # image decoding
+AUDIO_US = 300.0             # log-mel bytes and their Parquet encoding
+AUDIO_US_PER_BYTE = 0.1      # audio decoding + log-mel (grow with the duration)
+# Task sizes (see `_guided`): each task takes about 1 / (workers * GUIDED_SHARE) of the work
+# left, and at least 1 / (workers * MIN_TASKS_PER_WORKER) of the whole. Few tasks matter: Ray
+# Data notices a finished task on its next scheduling step (every <= 0.1 s) before the worker
+# gets the next one.
+GUIDED_SHARE = 3
+MIN_TASKS_PER_WORKER = 16
+
+
+def _row_costs(pf, g: int) -> list[float]:
+    """Estimated cost (us) of every row of row group `g` of an open corpus ParquetFile."""
+    meta = pf.metadata
+    names = [meta.schema.column(i).path.split(".")[0] for i in range(meta.num_columns)]
+    rg = meta.row_group(g)
+    nbytes = Counter()
+    for i, name in enumerate(names):
+        nbytes[name] += rg.column(i).total_compressed_size
+    mods = pf.read_row_group(g, columns=["modalities"]).column("modalities").to_pylist()
+    n_img = sum("image" in m for m in mods) or 1
+    n_aud = sum("audio" in m for m in mods) or 1
+    img = IMAGE_US + IMAGE_US_PER_BYTE * nbytes["image"] / n_img
+    aud = AUDIO_US + AUDIO_US_PER_BYTE * nbytes["audio"] / n_aud
+    return [ROW_US + (img if "image" in m else 0.0) + (aud if "audio" in m else 0.0)
+            for m in mods]
 
 
 def plan_parts(corpus, split: str, rows_per_file: int) -> list[dict]:
-    """The part files of one split, from Parquet footers only (no row is read).
+    """The part files of one split, from the corpus' Parquet footers and `modalities` column.
 
-    Returns dicts {split, index, rows, cost, slices: [{path, row_group, start, stop}]}:
-    part `index` holds split rows [index * rows_per_file, ...) in corpus order.
-    `cost` is an estimate (compressed media bytes) used only to order the work.
+    Returns dicts {split, index, rows, cost, slices: [{path, row_group, start, stop}],
+    row_costs}: part `index` holds split rows [index * rows_per_file, ...) in corpus order.
+    `cost` and `row_costs` are estimates (us, see ROW_US...) used only to cut and order work.
     """
     import pyarrow.parquet as pq
 
@@ -54,26 +91,93 @@ def plan_parts(corpus, split: str, rows_per_file: int) -> list[dict]:
     cur: dict | None = None
     for path in corpus.paths(".parquet", prefix=f"{split}/"):
         with corpus.storage.open_input(path) as f:
-            meta = pq.ParquetFile(f).metadata
-        names = [meta.schema.column(i).path.split(".")[0] for i in range(meta.num_columns)]
-        for g in range(meta.num_row_groups):
-            rg = meta.row_group(g)
-            n = rg.num_rows
-            weight = sum(_COST_PER_BYTE.get(name, 0.0) * rg.column(i).total_compressed_size
-                         for i, name in enumerate(names)) / max(1, n)
+            pf = pq.ParquetFile(f)
+            groups = [(g, _row_costs(pf, g)) for g in range(pf.metadata.num_row_groups)]
+        for g, costs in groups:
+            n = len(costs)
             start = 0
             while start < n:
                 if cur is None or cur["rows"] == rows_per_file:
                     cur = {"split": split, "index": len(parts), "rows": 0, "cost": 0.0,
-                           "slices": []}
+                           "slices": [], "row_costs": []}
                     parts.append(cur)
                 take = min(n - start, rows_per_file - cur["rows"])
                 cur["slices"].append({"path": path, "row_group": g, "start": start,
                                       "stop": start + take})
+                cur["row_costs"] += costs[start:start + take]
+                cur["cost"] += sum(costs[start:start + take])
                 cur["rows"] += take
-                cur["cost"] += weight * take + 1.0 * take
                 start += take
     return parts
+
+
+def _cut_slices(slices: list[dict], lo: int, hi: int) -> list[dict]:
+    """The sub-slices covering rows [lo, hi) of a part made of `slices`."""
+    out, offset = [], 0
+    for s in slices:
+        n = s["stop"] - s["start"]
+        a, b = max(lo, offset), min(hi, offset + n)
+        if a < b:
+            out.append({**s, "start": s["start"] + a - offset, "stop": s["start"] + b - offset})
+        offset += n
+    return out
+
+
+def _guided(remaining: float, total: float, workers: int) -> float:
+    """Target cost of the next chunk / task: a share of what is left (guided self-scheduling),
+    so the first tasks are long (few hand-outs) and the last ones short (the workers finish
+    together), never below a floor that keeps the per-task overhead small."""
+    return max(remaining / (workers * GUIDED_SHARE), total / (workers * MIN_TASKS_PER_WORKER))
+
+
+def plan_chunks(parts: list[dict], batch_size: int, workers: int) -> list[dict]:
+    """Cut parts into chunks of whole `batch_size` batches (counted from the part's first row),
+    in the order they are handed out: parts heaviest first, a part's chunks in row order (so
+    heavy parts complete, and get encoded, early and the cheap text parts come last). A
+    chunk's estimated cost is about `_guided` of the work left when it starts.
+
+    Returns dicts {split, index, chunk, chunks, rows, cost, slices}.
+    """
+    total = remaining = sum(p["cost"] for p in parts)
+    chunks: list[dict] = []
+    for part in sorted(parts, key=lambda p: (-p["cost"], p["split"], p["index"])):
+        costs, mine = part["row_costs"], []
+        lo = 0
+        while lo < part["rows"]:
+            target = _guided(remaining, total, workers)
+            hi, acc = lo, 0.0
+            while hi < part["rows"] and (hi == lo or acc < target):
+                nxt = min(part["rows"], hi + batch_size)
+                acc += sum(costs[hi:nxt])
+                hi = nxt
+            if sum(costs[hi:]) < target / 2:  # no small remainder chunk: it would end the part late
+                acc += sum(costs[hi:])
+                hi = part["rows"]
+            mine.append({"split": part["split"], "index": part["index"], "chunk": len(mine),
+                         "rows": hi - lo, "cost": acc,
+                         "slices": _cut_slices(part["slices"], lo, hi)})
+            remaining -= acc
+            lo = hi
+        for c in mine:
+            c["chunks"] = len(mine)
+        chunks += mine
+    return chunks
+
+
+def plan_tasks(chunks: list[dict], workers: int) -> list[list[dict]]:
+    """Group consecutive chunks into Ray tasks of about `_guided` cost each (a chunk is never
+    split; cheap text parts share tasks instead of one task each)."""
+    total = remaining = sum(c["cost"] for c in chunks)
+    tasks: list[list[dict]] = []
+    acc = target = 0.0
+    for c in chunks:
+        if not tasks or acc + c["cost"] > target * 1.25:
+            tasks.append([])
+            acc, target = 0.0, _guided(remaining, total, workers)
+        tasks[-1].append(c)
+        acc += c["cost"]
+        remaining -= c["cost"]
+    return tasks
 
 
 def featurize_table(featurizer, rows: list[dict], batch_size: int):
@@ -102,87 +206,151 @@ def part_stats(table, plot_samples: int) -> dict:
             "plots": plots}
 
 
-class ShardWorker:
-    """Ray Data callable class: a batch of part specs -> one result row per part file.
+def read_slices(storage, slices: list[dict]) -> list[dict]:
+    """Corpus rows of `slices` [{path, row_group, start, stop}], in order."""
+    import pyarrow.parquet as pq
+
+    rows: list[dict] = []
+    cache: dict = {}
+    for s in slices:
+        key = (s["path"], s["row_group"])
+        if key not in cache:
+            f = storage.open_input(s["path"]) if storage else open(s["path"], "rb")
+            with f:
+                cache[key] = pq.ParquetFile(f).read_row_group(s["row_group"])
+        rows += cache[key].slice(s["start"], s["stop"] - s["start"]).to_pylist()
+    return rows
+
+
+# What a worker process keeps between tasks: Ray reuses its task workers across tasks and
+# across datasets, so the tokenizers load (and the modules import) once per process -- and a
+# process that already ran Ray Data work (the corpus stage, an earlier run) starts at once,
+# where a fresh actor pays ~2 CPU-seconds of imports. One entry: another run's key replaces it.
+_WORKER_STATE: dict = {}
+CHUNK_ID = "chunk_id"  # the column tagging featurized rows with their chunk in the plan
+
+
+def worker_state(spm_model: bytes, cfg: ShardsConfig, storage_uri: str, visual_manifest=None):
+    """(Featurizer, Storage or None) for these arguments, built on first use in this process."""
+    import hashlib
+
+    key = (hashlib.sha256(spm_model).hexdigest(), repr(cfg), storage_uri,
+           None if visual_manifest is None else visual_manifest.fingerprint)
+    if _WORKER_STATE.get("key") != key:
+        from pipelines.data.featurize import Featurizer, load_visual_encoder
+        from pipelines.storage import Storage
+
+        _WORKER_STATE.clear()
+        visual = load_visual_encoder(visual_manifest) if visual_manifest is not None else None
+        _WORKER_STATE.update(key=key, featurizer=Featurizer(spm_model, cfg, visual),
+                             storage=Storage(storage_uri) if storage_uri else None)
+    return _WORKER_STATE["featurizer"], _WORKER_STATE["storage"]
+
+
+def featurize_chunks(batch, *, spm_model: bytes, cfg: ShardsConfig, storage_uri: str,
+                     visual_manifest=None) -> Iterator:
+    """Ray Data task: a batch of tasks (JSON lists of chunk specs) -> the chunks' shards rows,
+    in order, each tagged with its chunk's number in the plan (`chunk_id`; Ray Data may merge
+    or split the yielded tables into blocks, the driver regroups the rows by it).
 
     Args:
+        batch: pyarrow table with a `chunks` column (JSON list of {id, slices}).
         spm_model: sentencepiece model bytes.
         cfg: the shards config.
         storage_uri: storage root the corpus files live in.
         visual_manifest: the visual tokenizer's manifest, or None.
     """
+    import pyarrow as pa
 
-    def __init__(self, spm_model: bytes, cfg: ShardsConfig, storage_uri: str, visual_manifest=None):
-        from pipelines.data.featurize import Featurizer, load_visual_encoder
-        from pipelines.storage import Storage
+    featurizer, storage = worker_state(spm_model, cfg, storage_uri, visual_manifest)
+    for task_json in batch.column("chunks").to_pylist():
+        for spec in json.loads(task_json):
+            table = featurize_table(featurizer, read_slices(storage, spec["slices"]),
+                                    cfg.batch_size)
+            yield table.append_column(CHUNK_ID, pa.array([spec["id"]] * table.num_rows,
+                                                         pa.int32()))
 
-        visual = load_visual_encoder(visual_manifest) if visual_manifest is not None else None
-        self.featurizer = Featurizer(spm_model, cfg, visual)
-        self.storage = Storage(storage_uri) if storage_uri else None
-        self.cfg = cfg
 
-    def _read(self, slices: list[dict]) -> list[dict]:
-        import pyarrow.parquet as pq
+def encode_part(table, plot_samples: int) -> dict:
+    """A complete part's table -> {data (the Parquet file), sha256, rows, stats, plots}."""
+    import hashlib
 
-        rows: list[dict] = []
-        cache: dict = {}
-        for s in slices:
-            key = (s["path"], s["row_group"])
-            if key not in cache:
-                f = self.storage.open_input(s["path"]) if self.storage else open(s["path"], "rb")
-                with f:
-                    cache[key] = pq.ParquetFile(f).read_row_group(s["row_group"])
-            rows += cache[key].slice(s["start"], s["stop"] - s["start"]).to_pylist()
-        return rows
+    from pipelines.data.writer import encode_parquet
 
-    def __call__(self, batch) -> Iterator:
-        import hashlib
-
-        import pyarrow as pa
-
-        from pipelines.data.writer import encode_parquet
-
-        for spec_json in batch.column("spec").to_pylist():
-            spec = json.loads(spec_json)
-            table = featurize_table(self.featurizer, self._read(spec["slices"]),
-                                    self.cfg.batch_size)
-            data = encode_parquet(table)
-            stats = part_stats(table, self.cfg.plot_samples)
-            yield pa.table({
-                "split": [spec["split"]], "index": [spec["index"]], "rows": [table.num_rows],
-                "data": pa.array([data], pa.large_binary()),
-                "sha256": [hashlib.sha256(data).hexdigest()],
-                "stats": [json.dumps({k: v for k, v in stats.items() if k != "plots"})],
-                "plot_fbank": pa.array([[p[0] for p in stats["plots"]]], pa.list_(pa.binary())),
-                "plot_frames": pa.array([[p[1] for p in stats["plots"]]], pa.list_(pa.int32())),
-                "plot_ids": pa.array([[p[2] for p in stats["plots"]]],
-                                     pa.list_(pa.list_(pa.int32()))),
-            })
+    data = encode_parquet(table)
+    stats = part_stats(table, plot_samples)
+    return {"data": data, "sha256": hashlib.sha256(data).hexdigest(), "rows": table.num_rows,
+            "stats": {k: v for k, v in stats.items() if k != "plots"}, "plots": stats["plots"]}
 
 
 def iter_parts(corpus, spm_model: bytes, cfg: ShardsConfig, splits=schema.SPLITS, visual=None):
-    """Build every part file of the given splits on one Ray actor pool.
+    """Build every part file of the given splits: chunks featurized by Ray Data tasks, parts
+    encoded on a driver thread as they complete.
 
-    Yields (spec, result row) per part as parts finish (any order); `result["data"]` is
-    the encoded Parquet file. One dataset for all splits so the actors (and their
-    tokenizers) start once; heaviest parts first, one part in flight per actor.
+    Yields (part spec, result) per part as parts finish (any order); `result` is
+    `encode_part`'s dict, `result["data"]` the encoded Parquet file. One dataset for all
+    splits, so the workers set up (tokenizers) once.
     """
-    from pipelines.data.raycompat import ensure_ray, pool
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    import pyarrow as pa
+
+    from pipelines.data.raycompat import ensure_ray, no_ramp_up, task_concurrency
 
     parts = [p for split in splits for p in plan_parts(corpus, split, cfg.rows_per_file)]
     if not parts:
         return
     specs = {(p["split"], p["index"]): p for p in parts}
-    order = sorted(parts, key=lambda p: (-p["cost"], p["split"], p["index"]))
+    workers = max(1, cfg.num_workers)
+    chunks = plan_chunks(parts, cfg.batch_size, workers)
+    tasks = plan_tasks(chunks, workers)
     ray = ensure_ray()
-    ds = ray.data.from_items([{"spec": json.dumps(p)} for p in order],
-                             override_num_blocks=len(order))
-    ds = ds.map_batches(ShardWorker, batch_size=1, batch_format="pyarrow",
-                        fn_constructor_args=(spm_model, cfg, corpus.storage_uri, visual),
-                        compute=pool(ray, cfg.num_workers, len(order), in_flight=1))
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for row in batch.to_pylist():
-            yield specs[(row["split"], row["index"])], row
+    for i, c in enumerate(chunks):
+        c["id"] = i
+    items = [{"chunks": json.dumps([{"id": c["id"], "slices": c["slices"]} for c in task])}
+             for task in tasks]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    # tasks, not an actor pool: see _WORKER_STATE
+    ds = ds.map_batches(featurize_chunks, batch_size=1, batch_format="pyarrow",
+                        fn_kwargs={"spm_model": spm_model, "cfg": cfg,
+                                   "storage_uri": corpus.storage_uri, "visual_manifest": visual},
+                        num_cpus=1, concurrency=task_concurrency(ray, workers, len(items)))
+    ds = no_ramp_up(ds)
+    names = schema.shards_schema().names
+    pieces: dict[int, list] = {}      # chunk id -> its row slices received so far
+    rows_in: Counter = Counter()      # chunk id -> rows received
+    done_chunks: dict[tuple, int] = Counter()   # part key -> chunks complete
+    # pyarrow's Parquet writer releases the GIL: encoding overlaps with receiving chunks
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shards-encode") as encoder:
+        futures: list = []
+
+        def finished(block: bool):
+            while futures and (block or futures[0][1].done()):
+                key, fut = futures.pop(0)
+                yield specs[key], fut.result()
+
+        for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            ids = block.column(CHUNK_ID).to_numpy()
+            cuts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist(), len(ids)]
+            for a, b in zip(cuts[:-1], cuts[1:]):
+                cid = int(ids[a])
+                pieces.setdefault(cid, []).append(block.slice(a, b - a).select(names))
+                rows_in[cid] += b - a
+                c = chunks[cid]
+                if rows_in[cid] < c["rows"]:
+                    continue
+                key = (c["split"], c["index"])
+                done_chunks[key] += 1
+                if done_chunks[key] == c["chunks"]:  # the part is complete: encode it
+                    first = cid - c["chunk"]     # a part's chunks have consecutive ids
+                    table = pa.concat_tables([t for i in range(first, first + c["chunks"])
+                                              for t in pieces.pop(i)])
+                    futures.append((key, encoder.submit(encode_part, table, cfg.plot_samples)))
+            yield from finished(block=False)
+        yield from finished(block=True)
+    if pieces or len(done_chunks) != len(specs):
+        raise RuntimeError("shards: some parts never received all their rows")
 
 
 def write_shards(corpus, spm_model: bytes, cfg: ShardsConfig, out_dir: str, set_rows=None,
@@ -192,20 +360,19 @@ def write_shards(corpus, spm_model: bytes, cfg: ShardsConfig, out_dir: str, set_
     from pipelines.data.writer import part_name
 
     done = []
-    for spec, row in iter_parts(corpus, spm_model, cfg, splits, visual):
-        if row["rows"] != spec["rows"]:
-            raise RuntimeError(f"shards: part {spec['split']}/{spec['index']} has {row['rows']} "
+    for spec, res in iter_parts(corpus, spm_model, cfg, splits, visual):
+        if res["rows"] != spec["rows"]:
+            raise RuntimeError(f"shards: part {spec['split']}/{spec['index']} has {res['rows']} "
                                f"rows, planned {spec['rows']}")
         rel = f"{spec['split']}/{part_name(spec['index'])}"
         os.makedirs(os.path.join(out_dir, spec["split"]), exist_ok=True)
         with open(os.path.join(out_dir, rel), "wb") as f:
-            f.write(row["data"])
+            f.write(res["data"])
         if set_rows:
-            set_rows(rel, row["rows"])
+            set_rows(rel, res["rows"])
         done.append({"split": spec["split"], "index": spec["index"], "path": rel,
-                     "rows": row["rows"], "sha256": row["sha256"],
-                     "stats": json.loads(row["stats"]),
-                     "plots": list(zip(row["plot_fbank"], row["plot_frames"], row["plot_ids"]))})
+                     "rows": res["rows"], "sha256": res["sha256"], "stats": res["stats"],
+                     "plots": res["plots"]})
     done.sort(key=lambda r: (splits.index(r["split"]), r["index"]))
     return done
 

@@ -52,7 +52,7 @@ def model_vision(config: Any) -> tuple[int, int] | None:
 
 def check_grid(arch: Any, resolution: int | None, patch_size: int | None, *, where: str,
                key: str, tokenizer_stage: str) -> None:
-    """Raise ConfigError when `arch` (a TokenizerArch or VQKDConfig) disagrees with a consumer.
+    """Raise ConfigError when `arch` (a VQKDConfig, alias TokenizerArch) disagrees with a consumer.
 
     Args:
         arch: the tokenizer's architecture config (`image_resolution`, `patch_size`).

@@ -1,62 +1,50 @@
 """Config dataclasses of the `visual-tokenizer` kind (torch-free: the planner imports them).
 
-`TokenizerArch` mirrors `model.visual_tokenizer.VQKDConfig` field for field (a test keeps them equal);
-it is repeated here because importing `model` pulls in torch, which the planner must not pay for.
+The architecture (`with.tokenizer`) is `model.vqkd_config.VQKDConfig` itself -- one definition, in
+`model/`, used by the model and by this stage alike. `model/vqkd_config.py` imports only the standard
+library; it is loaded here by file path, without running `model/__init__.py` (which imports torch,
+which the planner must not pay for), and registered under its real module name, so `TokenizerArch is
+model.visual_tokenizer.VQKDConfig` whichever of the two is imported first.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
+import sys
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Optional
 
 from pipelines.train.config import TrainConfig
 
 
-@dataclass
-class TokenizerArch:
-    """Tokenizer architecture; see `model.visual_tokenizer.VQKDConfig` for each field.
+def light_model_module(name: str):
+    """`model.<name>` (a module of `model/` that imports only the standard library) without
+    importing the `model` package when it is not imported yet. Registered as `model.<name>`: when
+    the package is imported later, its own `from .<name> import ...` finds this very module."""
+    full = f"model.{name}"
+    if full in sys.modules:
+        return sys.modules[full]
+    if "model" in sys.modules:  # torch is loaded already: the plain import costs nothing more
+        return importlib.import_module(full)
+    pkg = importlib.util.find_spec("model")  # locates the package without executing it
+    path = os.path.join(list(pkg.submodule_search_locations)[0], f"{name}.py")
+    spec = importlib.util.spec_from_file_location(full, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[full] = module  # before executing: dataclasses resolve annotations through it
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[full]
+        raise
+    return module
 
-    Args:
-        image_resolution: must equal `image_resolution` of every `shards` stage this tokenizer feeds.
-        patch_size: image_resolution / patch_size is the model's patch grid (one id per patch).
-        dim / depth / heads / ffn_dim / decoder_depth: encoder and decoder ViT sizes.
-        codebook_size / code_dim: K codes of dimension D (8192 / 32 for real runs).
-        beta / decay / dead_threshold / restart_every: quantizer settings.
-        target: "pixels" (offline default) or "teacher" (see `VisualTokenizerConfig.teacher`).
-        target_dim: the teacher's feature width.
-        norm_pix: normalise each pixel-target patch (MAE).
-        loss: "auto" | "mse" | "cosine".
-    """
 
-    image_resolution: int = 224
-    patch_size: int = 16
-    dim: int = 768
-    depth: int = 12
-    heads: int = 12
-    ffn_dim: int = 3072
-    decoder_depth: int = 3
-    codebook_size: int = 8192
-    code_dim: int = 32
-    beta: float = 1.0
-    decay: float = 0.99
-    dead_threshold: float = 0.1
-    restart_every: int = 20
-    target: Literal["pixels", "teacher"] = "pixels"
-    target_dim: int = 0
-    norm_pix: bool = False
-    loss: Literal["auto", "mse", "cosine"] = "auto"
-
-    def __post_init__(self) -> None:
-        # the same checks as VQKDConfig, here so they fail at load time, before any work
-        if self.patch_size <= 0 or self.image_resolution % self.patch_size:
-            raise ValueError(f"image_resolution {self.image_resolution} is not a multiple of "
-                             f"patch_size {self.patch_size}")
-        if not 2 <= self.codebook_size <= 32768:
-            raise ValueError(f"codebook_size {self.codebook_size} must lie in [2, 32768] (ids are int16)")
-        if self.dim % self.heads:
-            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
-        if self.target == "teacher" and self.target_dim <= 0:
-            raise ValueError("target 'teacher' needs target_dim (the teacher's feature width)")
+# The tokenizer architecture; see `model.vqkd_config.VQKDConfig` for each field. `image_resolution`
+# must equal `image_resolution` of every `shards` stage this tokenizer feeds, and its patch grid the
+# pretraining model's (checked at load time by `pipelines.visual_tokenizer.checks`).
+TokenizerArch = light_model_module("vqkd_config").VQKDConfig
 
 
 @dataclass

@@ -50,11 +50,10 @@ class VQKDTask(TrainTask):
         return {"images": self.cfg.train.micro_batch_size}
 
     def build_model(self, train):
-        from dataclasses import asdict
+        from model.visual_tokenizer import VQKD
 
-        from model.visual_tokenizer import VQKD, VQKDConfig
-
-        return VQKD(VQKDConfig.from_dict(asdict(self.cfg.tokenizer)), target=build_teacher(self.cfg.teacher))
+        # cfg.tokenizer is a model.vqkd_config.VQKDConfig (the stage's config uses the model's class)
+        return VQKD(self.cfg.tokenizer, target=build_teacher(self.cfg.teacher))
 
     def collate(self, stream: str, batch: dict):
         import torch

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from model.vector_quantizer import NormEMAVectorQuantizer
-from model.visual_tokenizer import VQKD, VQKDConfig, patchify, unpatchify
+from model.visual_tokenizer import VQKD, VQKDConfig, patchify, unpatchify, to_float_pixels
 
 STAMPS = "/usr/share/tuxpaint/stamps"
 RES = 32
@@ -128,3 +128,13 @@ def test_quantizer_ema_moves_hit_codes_and_restarts_dead_ones():
 def test_patchify_round_trip():
     x = torch.randn(2, 3, 16, 16)
     assert torch.equal(unpatchify(patchify(x, 4), 4), x)
+
+
+def test_float_pixels_are_the_documented_mapping():
+    # the in-place conversion must give exactly (x / 255 - 0.5) / 0.5 and leave its input alone
+    x = torch.randint(0, 256, (2, 3, RES, RES), dtype=torch.uint8)
+    before = x.clone()
+    assert torch.equal(to_float_pixels(x), (x.float() / 255.0 - 0.5) / 0.5)
+    assert torch.equal(x, before)
+    f = torch.rand(2, 3, RES, RES)
+    assert to_float_pixels(f) is f

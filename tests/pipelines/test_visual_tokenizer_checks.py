@@ -1,9 +1,12 @@
 """visual-tokenizer config: load-time grid/codebook mismatch errors, the encoder's shape guard, and
-the stage's architecture config kept equal to the model's."""
+the stage's architecture config being the model's own (loaded without torch)."""
 
 from __future__ import annotations
 
-import dataclasses
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,10 +77,30 @@ def test_encoder_refuses_pixels_of_another_resolution():
         enc(np.zeros((2, 3, 32, 32), np.uint8))
 
 
-def test_stage_arch_mirrors_the_model_config():
-    from model.visual_tokenizer import VQKDConfig
+def test_stage_arch_is_the_model_config():
+    # one definition: the stage's `with.tokenizer` class is the model's VQKDConfig itself
+    from model.visual_tokenizer import VQKD, VQKDConfig
 
-    ours = {f.name: f.default for f in dataclasses.fields(TokenizerArch)}
-    theirs = {f.name: f.default for f in dataclasses.fields(VQKDConfig)}
-    assert ours == theirs
-    VQKDConfig.from_dict(dataclasses.asdict(TokenizerArch(**TOK)))
+    assert TokenizerArch is VQKDConfig
+    arch = TokenizerArch(**TOK)
+    assert VQKD(arch).config.grid == 4  # the stage's config object builds the model as is
+
+
+def test_stage_config_loads_without_torch():
+    # the planner imports the stage configs on every run; the architecture must not pull in torch,
+    # and the class loaded light must be the one `model` later uses (whatever the import order)
+    script = textwrap.dedent("""
+        import sys
+        import pipelines.stages  # noqa: F401  (registers every kind, the visual tokenizer's too)
+        from pipelines.visual_tokenizer.config import TokenizerArch, VisualTokenizerConfig
+        assert "torch" not in sys.modules and "model" not in sys.modules, sorted(
+            m for m in sys.modules if m.split(".")[0] in ("torch", "model"))
+        VisualTokenizerConfig(tokenizer=TokenizerArch(image_resolution=64, patch_size=16))
+        from model.visual_tokenizer import VQKDConfig
+        assert VQKDConfig is TokenizerArch
+        print("ok")
+    """)
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
