@@ -17,8 +17,7 @@ Input keys (all batch-first):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +26,11 @@ from torch import nn
 from .config import ModelConfig
 
 
-@dataclass
-class AdapterOutput:
-    """Tokens of one modality: ``tokens`` (B, N, C) with positions added, ``padding`` (B, N) bool or None."""
+class AdapterOutput(NamedTuple):
+    """Tokens of one modality: ``tokens`` (B, N, C) with positions added, ``padding`` (B, N) bool or None.
+
+    A NamedTuple, not a dataclass: DeepSpeed ZeRO-3 finds a module's output tensors (to gather the
+    module's parameters again for backward) only inside tensors, tuples, lists and dicts."""
 
     tokens: torch.Tensor
     padding: torch.Tensor | None = None

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import torch
 from torch import nn
@@ -16,9 +15,9 @@ from .multiway import MultiwayBlock
 from .encoder import MultiwayEncoder
 
 
-@dataclass
-class ModelOutput:
-    """What ``MultiwayModel.forward`` returns.
+class ModelOutput(NamedTuple):
+    """What ``MultiwayModel.forward`` returns (a NamedTuple so that DeepSpeed ZeRO-3's hooks see the
+    tensors inside it, see ``AdapterOutput``).
 
     Attributes:
         hidden: (B, T, C) final features of the whole sequence.
@@ -30,9 +29,9 @@ class ModelOutput:
 
     hidden: torch.Tensor
     layout: Layout
-    tokens: dict[str, torch.Tensor] = field(default_factory=dict)
-    pooled: dict[str, torch.Tensor] = field(default_factory=dict)
-    padding: dict[str, torch.Tensor | None] = field(default_factory=dict)
+    tokens: dict[str, torch.Tensor]
+    pooled: dict[str, torch.Tensor]
+    padding: dict[str, torch.Tensor | None]
 
 
 class MultiwayModel(nn.Module):
@@ -119,7 +118,7 @@ class MultiwayModel(nn.Module):
             causal = causal.to(x.device).long() + layout.segment("text").start  # text -> sequence index
         mask = build_attention_mask(padding, causal, x.shape[1], x.device)
         hidden = self.encoder(x, layout, mask)  # (B, T, C)
-        out = ModelOutput(hidden=hidden, layout=layout)
+        out = ModelOutput(hidden=hidden, layout=layout, tokens={}, pooled={}, padding={})
         for seg in layout:
             out.tokens[seg.modality] = hidden[:, seg.start : seg.stop]  # (B, N_m, C)
             out.pooled[seg.modality] = hidden[:, seg.start]  # (B, C)

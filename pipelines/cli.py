@@ -13,15 +13,22 @@ import sys
 
 def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("pipeline", help="pipeline YAML file, e.g. pipelines/configs/demo.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
-                   help="override a stage config value (repeatable); VALUE is parsed as YAML")
-    p.add_argument("--workdir", default=os.environ.get("OMNIWAY_WORKDIR", ".omniway"),
-                   help="where default storage and the MLflow database live (default: .omniway)")
-    p.add_argument("--storage", default=None,
-                   help="storage root (local path or pyarrow.fs URI); overrides the pipeline's")
+    _add_store_args(p)
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, then "
                         "sqlite:///<workdir>/mlflow.db)")
+
+
+def _add_store_args(p: argparse.ArgumentParser, when: str = "") -> None:
+    """--set, --workdir and --storage: what, with the pipeline file, fixes the stages' keys and outputs.
+    ``when`` prefixes the help (export takes them only with a pipeline file)."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                   help=f"{when}override a stage config value (repeatable; it changes the stage's cache key); "
+                        "VALUE is parsed as YAML")
+    p.add_argument("--workdir", default=os.environ.get("OMNIWAY_WORKDIR", ".omniway"),
+                   help=f"{when}where default storage and the MLflow database live (default: .omniway)")
+    p.add_argument("--storage", default=None,
+                   help=f"{when}storage root (local path or pyarrow.fs URI); overrides the pipeline's")
 
 
 def _add_selection_args(p: argparse.ArgumentParser) -> None:
@@ -71,12 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="omniway: a directory with model.safetensors, config.json and the heads; beit3: "
                              "a .pt file in unilm's layout (vision+text models only) (default: omniway)")
     export.add_argument("--out", required=True, help="output directory (omniway) or .pt file (beit3)")
-    export.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
-                        help="with a pipeline file: the overrides the run used (they change the cache key)")
-    export.add_argument("--workdir", default=os.environ.get("OMNIWAY_WORKDIR", ".omniway"),
-                        help="with a pipeline file: the workdir the run used (default: .omniway)")
-    export.add_argument("--storage", default=None,
-                        help="with a pipeline file: storage root; overrides the pipeline's")
+    _add_store_args(export, when="with a pipeline file, as the run had it: ")
 
     jobs = sub.add_parser("jobs", help="list, follow or stop submitted runs")
     jobs.add_argument("action", choices=["list", "logs", "stop", "status"])

@@ -23,8 +23,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines.train.pretrain_task import HEADS_FILE, MODEL_FILE, PRETRAIN_FILE
+
 FORMATS = ("omniway", "beit3")
-MODEL_FILE, HEADS_FILE, PRETRAIN_FILE = "model.safetensors", "heads.safetensors", "pretrain.json"
 MANIFEST_FILE = "_manifest.json"
 
 
@@ -153,24 +154,10 @@ def _write_omniway(src: _Source, config, dest: str) -> list[str]:
     return written + [config_path]
 
 
-def torchscale_encoder_args(config) -> dict:
-    """``torchscale.architecture.config.EncoderConfig`` keyword arguments of the ``BEiT3`` matching
-    ``config`` (the same arguments unilm's BEiT-3 wrappers pass)."""
-    return {
-        "encoder_embed_dim": config.dim, "encoder_attention_heads": config.heads,
-        "encoder_ffn_embed_dim": config.ffn_dim, "encoder_layers": config.layers,
-        "vocab_size": config.text.vocab_size, "max_source_positions": config.text.max_positions,
-        "img_size": config.vision.img_size, "patch_size": config.vision.patch_size,
-        "in_chans": config.vision.in_chans, "layernorm_eps": config.norm_eps, "drop_path_rate": config.drop_path,
-        "multiway": True, "subln": True, "layernorm_embedding": False, "normalize_output": True,
-        "no_output_layer": True,
-    }
-
-
 def _write_beit3(config, backbone: dict, dest: str) -> tuple[list[str], list[str]]:
     import torch
 
-    from model.interop.beit3 import BRANCH, PREFIX, beit3_to_omniway, omniway_to_beit3
+    from model.interop.beit3 import BRANCH, PREFIX, beit3_to_omniway, encoder_config_args, omniway_to_beit3
 
     if Path(dest).suffix == ".json":  # the EncoderConfig arguments go to <name>.json beside it
         raise ExportError(f"--out {dest}: give the BEiT-3 checkpoint a .pt (or .pth) name")
@@ -192,7 +179,7 @@ def _write_beit3(config, backbone: dict, dest: str) -> tuple[list[str], list[str
     torch.save({"model": theirs}, dest)
     args_path = str(Path(dest).with_suffix(".json"))
     Path(args_path).write_text(json.dumps({
-        "torchscale_encoder_config": torchscale_encoder_args(config),
+        "torchscale_encoder_config": encoder_config_args(config),
         "key_prefix": PREFIX,
         "omniway_config": config.to_dict(),
     }, indent=2, sort_keys=True) + "\n")

@@ -62,25 +62,9 @@ class PretrainModel(nn.Module):
 
     def external_parameters(self) -> list[tuple[nn.Module, nn.Parameter]]:
         """(module, parameter) pairs ZeRO-3 must gather for ``module`` although ``module`` does not own the
-        parameter (the loop passes them to ``deepspeed.zero.register_external_parameter``).
-
-        - The MLM head's output matrix is the text embedding (tied): gathered for the head's forward and
-          backward.
-        - ZeRO-3 gathers a module's own parameters for backward from a hook on the module's *outputs*,
-          and it only finds tensors in tensors, tuples, lists and dicts. The backbone and its modality
-          adapters return dataclasses (``ModelOutput``, ``AdapterOutput``), so that hook never fires and
-          the parameters they hold directly (position tables, CLS and mask tokens) are still partitioned
-          (empty) when their gradients arrive: backward fails with "size of tensor a (0) must match".
-          They are registered on this module (its output is a dict) instead: gathered for the whole
-          forward and backward of a step; they are small (no weight matrices).
-        """
-        from model import ModalityAdapter, MultiwayModel
-
-        pairs = [(self, p) for m in self.backbone.modules() if isinstance(m, (MultiwayModel, ModalityAdapter))
-                 for p in m.parameters(recurse=False)]
-        if hasattr(self, "mlm"):
-            pairs.append((self.mlm.head, self.backbone.text_embedding.weight))
-        return pairs
+        parameter (the loop passes them to ``deepspeed.zero.register_external_parameter``): the MLM head's
+        output matrix is the text embedding (tied), gathered for the head's forward and backward."""
+        return [(self.mlm.head, self.backbone.text_embedding.weight)] if hasattr(self, "mlm") else []
 
     # -- helpers ---------------------------------------------------------------------------------------
     @staticmethod

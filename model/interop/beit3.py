@@ -171,6 +171,20 @@ def omniway_to_beit3(
     return out
 
 
+def encoder_config_args(config: ModelConfig) -> dict:
+    """``torchscale.architecture.config.EncoderConfig`` keyword arguments of the ``BEiT3`` matching
+    ``config`` (the same arguments unilm's BEiT-3 wrappers pass)."""
+    return {
+        "encoder_embed_dim": config.dim, "encoder_attention_heads": config.heads,
+        "encoder_ffn_embed_dim": config.ffn_dim, "encoder_layers": config.layers,
+        "vocab_size": config.text.vocab_size, "max_source_positions": config.text.max_positions,
+        "img_size": config.vision.img_size, "patch_size": config.vision.patch_size,
+        "in_chans": config.vision.in_chans, "layernorm_eps": config.norm_eps, "drop_path_rate": config.drop_path,
+        "multiway": True, "subln": True, "layernorm_embedding": False, "normalize_output": True,
+        "no_output_layer": True,
+    }
+
+
 def _other_modality_keys(model_keys: list[str], modalities: tuple[str, ...]) -> set[str]:
     # keys owned by an adapter or an expert of a modality torchscale's BEiT-3 does not have
     others = [m for m in modalities if m not in BRANCH]

@@ -15,6 +15,8 @@ from collections import Counter
 
 from pipelines.train.task import TrainTask
 
+# the stage output's files (PretrainTask.export writes them, `omniway export` reads them)
+MODEL_FILE, HEADS_FILE, PRETRAIN_FILE = "model.safetensors", "heads.safetensors", "pretrain.json"
 _COLUMNS = {"text": ["text_ids"], "image": ["pixels", "image_tokens"], "audio": ["fbank", "fbank_frames"]}
 _PAIRS = (("image", "text"), ("audio", "text"), ("image", "audio"))
 
@@ -283,15 +285,15 @@ class PretrainTask(TrainTask):
         fresh = config.build()  # fp32 copy: the engine's module may be bf16
         state = {k: v.detach().float().cpu() for k, v in module.backbone.state_dict().items()}
         fresh.load_state_dict(state, strict=True)
-        save_checkpoint(os.path.join(out_dir, "model.safetensors"), fresh, config)
+        save_checkpoint(os.path.join(out_dir, MODEL_FILE), fresh, config)
         heads = {k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()
                  if not k.startswith("backbone.")}
-        save_file(heads, os.path.join(out_dir, "heads.safetensors"))
-        with open(os.path.join(out_dir, "pretrain.json"), "w") as f:
+        save_file(heads, os.path.join(out_dir, HEADS_FILE))
+        with open(os.path.join(out_dir, PRETRAIN_FILE), "w") as f:
             json.dump({"model_config": self.model_config, "recipe": self.cfg.recipe,
                        "recipe_overrides": self.cfg.recipe_overrides, "mim_target": self.mim_target,
                        "stream_batch_sizes": self.sizes}, f, indent=2, sort_keys=True)
-        return ["model.safetensors", "heads.safetensors", "pretrain.json"]
+        return [MODEL_FILE, HEADS_FILE, PRETRAIN_FILE]
 
 
 def run_pretrain(ctx) -> dict[str, float]:

@@ -1,39 +1,19 @@
 """Parity with torchscale 0.3.0's BEiT-3 (tiny random weights), loaded through model.interop.beit3."""
 
-import sys
-import types
-
 import pytest
 import torch
 
 from model import CheckpointKeyError, ModelConfig, MultiwayModel
 from model.interop.beit3 import beit3_config, load_beit3, omniway_to_beit3
+from torchscale_shim import torchscale_beit3_classes
 
 DIM, LAYERS, HEADS, FFN, VOCAB, IMG, PATCH, MAXPOS = 32, 2, 4, 64, 100, 32, 8, 40
-
-
-def _drop_path(x, drop_prob=0.0, training=False):
-    # timm.models.layers.drop_path, the one timm function torchscale imports (timm itself would pull
-    # torchvision, which does not import beside the CPU torch wheel)
-    if drop_prob == 0.0 or not training:
-        return x
-    keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - drop_prob)
-    return x * keep / (1 - drop_prob)
 
 
 @pytest.fixture(scope="module")
 def torchscale_beit3():
     """A tiny torchscale BEiT3 with every parameter randomised (LN gains and biases included)."""
-    saved = {k: sys.modules.get(k) for k in ("timm", "timm.models", "timm.models.layers")}
-    if saved["timm"] is None:
-        timm, models, layers = (types.ModuleType(n) for n in ("timm", "timm.models", "timm.models.layers"))
-        layers.drop_path = _drop_path
-        timm.models, models.layers = models, layers
-        sys.modules.update({"timm": timm, "timm.models": models, "timm.models.layers": layers})
-    try:
-        from torchscale.architecture.config import EncoderConfig
-        from torchscale.model.BEiT3 import BEiT3
-
+    with torchscale_beit3_classes() as (EncoderConfig, BEiT3):
         torch.manual_seed(0)
         args = EncoderConfig(
             encoder_embed_dim=DIM, encoder_attention_heads=HEADS, encoder_ffn_embed_dim=FFN, encoder_layers=LAYERS,
@@ -45,10 +25,6 @@ def torchscale_beit3():
             for p in ref.parameters():
                 p.copy_(torch.randn_like(p) * 0.3)
         yield ref
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
 
 
 def _config(**kw):

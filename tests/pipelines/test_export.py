@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 from dataclasses import dataclass, field
 
 import pytest
@@ -20,6 +18,7 @@ from pipelines.stages.pretrain import PretrainConfig
 from pipelines.storage import Storage
 from pipelines.train.pretrain_task import PretrainTask
 from tasks import PretrainModel
+from torchscale_shim import torchscale_beit3_classes
 
 DIM, LAYERS, HEADS, FFN, VOCAB, IMG, PATCH, MAXPOS = 32, 2, 4, 64, 100, 32, 8, 40
 
@@ -75,33 +74,11 @@ def _inputs():
     return pixels, ids, pad
 
 
-def _drop_path(x, drop_prob=0.0, training=False):
-    # timm.models.layers.drop_path, the one timm function torchscale imports (timm itself pulls torchvision,
-    # which does not import beside the CPU torch wheel); as in tests/model/test_model_beit3_parity.py
-    if drop_prob == 0.0 or not training:
-        return x
-    keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - drop_prob)
-    return x * keep / (1 - drop_prob)
-
-
 @pytest.fixture
 def torchscale():
-    """torchscale's (EncoderConfig, BEiT3), imported with the timm shim in place."""
-    saved = {k: sys.modules.get(k) for k in ("timm", "timm.models", "timm.models.layers")}
-    if saved["timm"] is None:
-        timm, models, layers = (types.ModuleType(n) for n in ("timm", "timm.models", "timm.models.layers"))
-        layers.drop_path = _drop_path
-        timm.models, models.layers = models, layers
-        sys.modules.update({"timm": timm, "timm.models": models, "timm.models.layers": layers})
-    try:
-        from torchscale.architecture.config import EncoderConfig
-        from torchscale.model.BEiT3 import BEiT3
-
-        yield EncoderConfig, BEiT3
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
+    """torchscale's (EncoderConfig, BEiT3)."""
+    with torchscale_beit3_classes() as classes:
+        yield classes
 
 
 def test_export_beit3_loads_strictly_into_torchscale_with_the_same_outputs(tmp_path, capsys, torchscale):
