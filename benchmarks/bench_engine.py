@@ -84,8 +84,9 @@ def plain(args, spec, recipe, batch, device, bf16: bool) -> float:
     return time_steps(step, args.steps, args.warmup, device)
 
 
-def with_deepspeed(args, spec, recipe, batch, device, bf16: bool, zero: int, autocast: bool = False) -> float:
-    """``autocast``: DeepSpeed's ``torch_autocast`` (fp32 parameters, bf16 matmuls) instead of its bf16
+def with_deepspeed(args, spec, recipe, batch, device, bf16: bool, zero: int, autocast: bool = False) -> tuple[float, int]:
+    """(steps/s, the ZeRO stage the engine ran: one worker runs stage 0, see ``engine.zero_stage``).
+    ``autocast``: DeepSpeed's ``torch_autocast`` (fp32 parameters, bf16 matmuls) instead of its bf16
     mode (bf16 parameters, fp32 master copy in the optimizer)."""
     import pipelines.train.engine as eng
     from pipelines.train.config import TrainConfig
@@ -118,6 +119,7 @@ def with_deepspeed(args, spec, recipe, batch, device, bf16: bool, zero: int, aut
         engine.step()
 
     rate = time_steps(step, args.steps, args.warmup, device)
+    ran = engine.zero_optimization_stage()
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
@@ -128,7 +130,7 @@ def with_deepspeed(args, spec, recipe, batch, device, bf16: bool, zero: int, aut
             sync(device)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=50))
     del engine
-    return rate
+    return rate, ran
 
 
 def init_process_group(device) -> None:
@@ -188,13 +190,14 @@ def main() -> None:
     print(f"plain loop: {base:.3f} steps/s")
     ratios = []
     for zero in [int(z) for z in args.zero.split(",")]:
-        rate = with_deepspeed(args, spec, recipe, batch, device, bf16, zero)
+        rate, ran = with_deepspeed(args, spec, recipe, batch, device, bf16, zero)
         ratios.append(rate / base)
-        print(f"deepspeed ZeRO-{zero}: {rate:.3f} steps/s ({rate / base:.3f} x plain)")
+        runs = f" (one worker: runs as stage {ran})" if ran != zero else ""
+        print(f"deepspeed ZeRO-{zero}{runs}: {rate:.3f} steps/s ({rate / base:.3f} x plain)")
         if gpu:
             print(f"  peak GPU memory so far: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
         if args.autocast and bf16:
-            rate = with_deepspeed(args, spec, recipe, batch, device, bf16, zero, autocast=True)
+            rate, _ = with_deepspeed(args, spec, recipe, batch, device, bf16, zero, autocast=True)
             print(f"deepspeed ZeRO-{zero} torch_autocast: {rate:.3f} steps/s ({rate / base:.3f} x plain)")
     print(f"deepspeed_over_plain: {ratios[0]:.3f}")
 

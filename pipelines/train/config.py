@@ -21,7 +21,7 @@ class TrainConfig:
         betas: AdamW betas (BEiT-3 / ONE-PEACE: 0.9, 0.98).
         eps: AdamW epsilon.
         grad_clip: global gradient-norm clip (0 = off).
-        zero_stage: DeepSpeed ZeRO stage 0-3.
+        zero_stage: DeepSpeed ZeRO stage 0-3 (a single worker without offload runs 0: nothing to partition).
         offload_optimizer: ZeRO optimizer states (and the optimizer step) on CPU memory: torch's
             fused AdamW on the fp32 partitions, nothing JIT-compiled.
         precision: ``auto`` (bf16 where the GPU supports it, else fp32), ``bf16`` or ``fp32``.

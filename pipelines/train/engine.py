@@ -20,10 +20,31 @@ def use_bf16(train: TrainConfig) -> bool:
     return bool(train.use_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
 
+def zero_stage(train: TrainConfig, world: int) -> int:
+    """The ZeRO stage the engine runs: ``train.zero_stage``, except 0 for a single worker without optimizer
+    offload. ZeRO 1-3 split states across workers; alone, a worker's "partition" is everything, and the
+    machinery (flat fp32 buffers, per-parameter gradient hooks, bucket copies) is pure cost: measured on
+    the debug model on CPU, ZeRO-2 ran 0.70x the plain loop's steps/s, ZeRO-0 0.88x
+    (``benchmarks/bench_engine.py``). Offload keeps the configured stage: it needs ZeRO."""
+    if world == 1 and not train.offload_optimizer:
+        return 0
+    return train.zero_stage
+
+
+def loop_clips(train: TrainConfig, world: int) -> bool:
+    """Whether the loop clips gradients itself (``torch.nn.utils.clip_grad_norm_``, one fused norm over all
+    gradients) instead of DeepSpeed: one fp32 worker at stage 0. There DeepSpeed's clip is a Python loop
+    of per-parameter norms and multiplies plus an all-reduce (~6% of a debug-model step on CPU), and it
+    records no gradient norm to log. The result is the same: with one rank, the global norm is the local
+    one. (ZeRO 1-3 and bf16 clip inside their optimizers, on their own fp32 partitions.)"""
+    return world == 1 and zero_stage(train, world) == 0 and not use_bf16(train) and train.grad_clip > 0
+
+
 def ds_config(train: TrainConfig, world: int) -> dict:
     """The DeepSpeed config for this run (batch sizes count samples per worker)."""
-    zero: dict = {"stage": train.zero_stage}
-    if train.zero_stage == 3:
+    stage = zero_stage(train, world)
+    zero: dict = {"stage": stage}
+    if stage == 3:
         zero["stage3_param_persistence_threshold"] = train.zero3_persistence_threshold
     if train.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
@@ -31,7 +52,7 @@ def ds_config(train: TrainConfig, world: int) -> dict:
         "train_micro_batch_size_per_gpu": train.micro_batch_size,
         "gradient_accumulation_steps": train.grad_accum,
         "train_batch_size": train.micro_batch_size * train.grad_accum * world,
-        "gradient_clipping": train.grad_clip,
+        "gradient_clipping": 0.0 if loop_clips(train, world) else train.grad_clip,
         "zero_optimization": zero,
         "bf16": {"enabled": use_bf16(train)},
         "steps_per_print": 1 << 30,  # progress is ours; keep DeepSpeed quiet
@@ -75,7 +96,7 @@ def build_engine(module, train: TrainConfig, world: int):
     import deepspeed
     import torch
 
-    if train.zero_stage == 3 and hasattr(module, "external_parameters"):
+    if zero_stage(train, world) == 3 and hasattr(module, "external_parameters"):
         # ZeRO-3 gathers a module's own parameters around its forward and backward; parameters used
         # elsewhere (tied weights, or owned by modules whose outputs its hooks cannot see) are named by the
         # model and gathered with the module it pairs them with
@@ -90,4 +111,9 @@ def build_engine(module, train: TrainConfig, world: int):
     engine, _, _, _ = deepspeed.initialize(
         model=module, model_parameters=groups, optimizer=optimizer, config=config,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(train)))
+    if world == 1 and engine.zero_optimization_stage() == 0:
+        # Averaging gradients over one rank is the identity, yet DeepSpeed's stage-0 backward still
+        # flattens every gradient into buckets and all-reduces them (~8% of a debug-model step on CPU).
+        # (ZeRO 1-2 must keep it: their reduction is what fills the optimizer's fp32 partitions.)
+        engine.enable_backward_allreduce = False
     return engine

@@ -3,9 +3,10 @@
 Per worker: seed, build the task's module, ``deepspeed.initialize``, restore the latest Ray Train
 checkpoint if any (engine, optimizer, scheduler, step, stream positions), then step: draw one batch from
 every training stream, ``engine(batch)`` -> ``engine.backward`` -> ``engine.step`` (DeepSpeed applies
-accumulation and clipping). Every ``checkpoint_every`` steps and at the end every rank saves its DeepSpeed
-state to a local directory and reports it (``ray.train.report`` is a barrier); the final one also holds
-the task's consolidated export, written by rank 0.
+accumulation and clipping; a lone fp32 worker clips with torch instead, see ``engine.loop_clips``).
+Every ``checkpoint_every`` steps and at the end every rank saves its DeepSpeed state to a local directory
+and reports it (``ray.train.report`` is a barrier); the final one also holds the task's consolidated
+export, written by rank 0.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import shutil
 import tempfile
 import time
 
-from pipelines.train.engine import TAG, build_engine, use_bf16
+from pipelines.train.engine import TAG, build_engine, loop_clips, use_bf16, zero_stage
 from pipelines.train.streams import Stream
 from pipelines.train.tracking import RunLogger, loss_curve_png
 
@@ -75,7 +76,7 @@ def _gather_objects(obj) -> list:
     return out
 
 
-def _export(task, engine, zero_stage: int, out_dir: str, rank: int) -> None:
+def _export(task, engine, out_dir: str, rank: int) -> None:
     """Gather full fp32 parameters (ZeRO-3 partitions them) and let rank 0 write the task's export."""
     import contextlib
 
@@ -83,7 +84,7 @@ def _export(task, engine, zero_stage: int, out_dir: str, rank: int) -> None:
 
     module = engine.module
     gather = (deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
-              if zero_stage == 3 else contextlib.nullcontext())
+              if engine.zero_optimization_stage() == 3 else contextlib.nullcontext())
     with gather:
         if rank == 0:
             os.makedirs(out_dir, exist_ok=True)
@@ -114,6 +115,9 @@ def train_loop(config: dict) -> None:
     module = task.build_model(train)
     num_params = sum(p.numel() for p in module.parameters())
     engine = build_engine(module, train, world)
+    if rank == 0 and zero_stage(train, world) != train.zero_stage:
+        print(f"[train] 1 worker: ZeRO-{train.zero_stage} has nothing to partition, DeepSpeed runs stage 0",
+              flush=True)
 
     state = {"step": 0, "streams": {}, "history": [], "restarts": 0}
     checkpoint = ray.train.get_checkpoint()
@@ -134,6 +138,7 @@ def train_loop(config: dict) -> None:
     logger = RunLogger(config.get("tracking_uri"), config.get("run_id"), train.steps) if rank == 0 else None
     peak = train.peak_flops_per_worker or _measure_peak_flops(device)
 
+    clip, own_norm = loop_clips(train, world), None  # see engine.loop_clips
     window = {"wait": 0.0, "time": 0.0, "samples": 0.0, "tokens": 0.0, "flops": 0.0, "n": 0}
     sums: dict[str, float] = {}
     step = state["step"]
@@ -147,6 +152,8 @@ def train_loop(config: dict) -> None:
             batch = task.prepare(raw, step=step * train.grad_accum + micro, rank=rank, device=device, dtype=dtype)
             out = engine(batch)
             engine.backward(out["loss"])
+            if clip and engine.is_gradient_accumulation_boundary():  # before step(): it counts the micro step
+                own_norm = torch.nn.utils.clip_grad_norm_(engine.module.parameters(), train.grad_clip)
             engine.step()
             stats = task.batch_stats(batch, num_params)
             for k in ("samples", "tokens", "flops"):
@@ -177,7 +184,7 @@ def train_loop(config: dict) -> None:
             memory = _gather_objects(_peak_memory(device))
             metrics.update({f"memory/rank{r}_peak_bytes": m for r, m in enumerate(memory)})
             metrics["lr"] = float(engine.get_lr()[0])
-            norm = engine.get_global_grad_norm()
+            norm = own_norm if clip else engine.get_global_grad_norm()
             if norm is not None:
                 metrics["grad_norm"] = float(norm)
             metrics["step"] = float(step)
@@ -210,7 +217,7 @@ def _save_and_report(task, engine, train, state, metrics, rank: int, *, final: b
     engine.save_checkpoint(tmp, tag=TAG, client_state={"omniway": state})  # every rank: ZeRO shards
     if final:
         out = os.path.join(tmp, EXPORT_DIR)
-        _export(task, engine, train.zero_stage, out, rank)
+        _export(task, engine, out, rank)
         if rank == 0:
             png = loss_curve_png(state["history"], os.path.join(out, "loss_curve.png"))
             if png and logger is not None:

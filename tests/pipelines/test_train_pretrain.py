@@ -1,5 +1,5 @@
 """The pretrain stage and the one training loop on a real embedded Ray, DeepSpeed on CPU, MLflow sqlite:
-2 workers with ZeRO-2, ZeRO-3 and ZeRO-2 + optimizer offload, resume equivalence, bad shards (a killed
+2 workers with ZeRO-2, ZeRO-3 and ZeRO-2 + optimizer offload, 1 worker, resume equivalence, bad shards (a killed
 worker: test_train_faults.py)."""
 
 from __future__ import annotations
@@ -116,6 +116,36 @@ def test_optimizer_offload_two_workers_loss_goes_down(tmp_path, shards):
         state = torch.load(os.path.join(d, "state", "mp_rank_00_model_states.pt"), map_location="cpu",
                            weights_only=False)
     assert state["ds_config"]["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_one_worker_runs_stage_0_and_clips_in_the_loop(tmp_path, shards):
+    """One worker configured for ZeRO-2: DeepSpeed runs stage 0 (nothing to partition) without its own
+    clipping, the loop clips with torch and logs the gradient norm, and the loss goes down."""
+    import torch
+
+    from pipelines.stages.pretrain import PretrainConfig
+    from pipelines.train.launch import fit
+    from pipelines.train.pretrain_task import PretrainTask
+    from pipelines.typed import from_dict
+
+    uri, run_id = tracking(tmp_path)
+    cfg = from_dict(PretrainConfig, {"recipe": "beit3", "codebook_size": 64, "train": train_cfg(
+        steps=20, checkpoint_every=20, warmup_steps=2, num_workers=1, cpus_per_worker=1, micro_batch_size=12,
+        grad_clip=0.5)}, "pretrain")
+    result = fit(PretrainTask(cfg, shards), cfg.train, name="one", storage_path=str(tmp_path / "train"),
+                 tracking_uri=uri, run_id=run_id)
+    assert result.metrics["step"] == 20
+    curve = losses(uri, run_id)
+    first, last = sum(curve[s] for s in (1, 2, 3)) / 3, sum(curve[s] for s in (18, 19, 20)) / 3
+    assert last < 0.9 * first, curve
+    norms = losses(uri, run_id, "grad_norm")  # the pre-clip norm, from the loop's own clip
+    assert sorted(norms) == list(range(1, 21)) and max(norms.values()) > 0.5, norms  # above the clip: pre-clip
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(os.path.join(d, "state", "mp_rank_00_model_states.pt"), map_location="cpu",
+                           weights_only=False)
+    assert state["ds_config"]["zero_optimization"]["stage"] == 0
+    assert state["ds_config"]["gradient_clipping"] == 0.0
 
 
 @pytest.mark.usefixtures("local_ray")
