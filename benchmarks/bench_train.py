@@ -1,7 +1,8 @@
 """Benchmark of the training loop, in one run:
 
 1. steps/s of a plain single-process PyTorch loop (torch AdamW, pre-collated batches) vs the Ray Train +
-   DeepSpeed path (``pipelines.train.launch.fit``, ZeRO-2) with 1 and 2 workers, on the same debug model,
+   DeepSpeed path (``pipelines.train.launch.fit``, ZeRO-2; a single worker runs stage 0, see
+   ``pipelines.train.engine.zero_stage``) with 1 and 2 workers, on the same debug model,
    recipe and global batch; every worker runs one torch thread, as the plain loop does (the plain loop is
    timed before and after the Ray runs, and their mean is the baseline: the machine's load drifts);
 2. the data-wait share of the Ray path's step time (time blocked on ``next(stream)``);
@@ -235,7 +236,8 @@ def main() -> None:
     print(f"plain pytorch loop again: {after:.2f} steps/s; mean {plain:.2f}", flush=True)
     for workers, m in results.items():
         sps = 1.0 / m["step_time_s"]
-        print(f"ray train + deepspeed zero-2, {workers} worker(s), 1 thread each: {sps:.2f} steps/s "
+        stage = "zero-2" if workers > 1 else "zero-2 config, run as stage 0 (one worker)"
+        print(f"ray train + deepspeed {stage}, {workers} worker(s), 1 thread each: {sps:.2f} steps/s "
               f"({sps / plain:.2f}x plain), data_wait_share {m['data_wait_share']:.4f}, "
               f"peak RSS/worker {max(v for k, v in m.items() if k.startswith('memory/')) / 2**20:.0f} MiB",
               flush=True)

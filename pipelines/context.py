@@ -27,6 +27,8 @@ class StageContext:
         run_id: this stage's MLflow run id (None when tracking is off).
         tracking_uri: the MLflow tracking URI to log to.
         storage_uri: the storage root, for stages that write straight to it.
+        forced: the user asked for this run although an output for the key exists (``--force``):
+            stages that resume (training) start over instead.
     """
 
     pipeline: str
@@ -40,6 +42,7 @@ class StageContext:
     run_id: str | None = None
     tracking_uri: str | None = None
     storage_uri: str = ""
+    forced: bool = False
     # Filled by the stage, read by the runner when it writes the manifest.
     rows: dict[str, int] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)

@@ -3,7 +3,7 @@
 The plan decides, per stage, before anything runs:
   cached  - an output exists for the stage's current cache key; nothing to do
   stale   - no output for the current key (config, code or an input changed)
-  forced  - `--force` reruns it although it is cached
+  forced  - `--force` reruns it although it is cached (its new output replaces the old; training starts over)
   skipped - not selected by `--only/--from/--to`
 A stage downstream of a stale one has no key yet (its inputs do not exist);
 it is planned stale and its key is computed, and the cache checked again,

@@ -31,7 +31,7 @@ def _jsonable(value: Any) -> Any:
 def execute_stage(*, pipeline: str, stage: str, kind: str, key: str, config: Any,
                   config_dict: dict, inputs: dict[str, Manifest], storage: Storage,
                   run_id: str | None = None, tracking_uri: str | None = None,
-                  plugins: tuple[str, ...] = ()) -> dict:
+                  plugins: tuple[str, ...] = (), forced: bool = False) -> dict:
     """Execute `kind` for `stage` and commit its output; return the manifest dict."""
     load_modules(plugins)
     stage_kind = get_kind(kind)
@@ -42,7 +42,7 @@ def execute_stage(*, pipeline: str, stage: str, kind: str, key: str, config: Any
     ctx = StageContext(pipeline=pipeline, stage=stage, kind=kind, key=key, config=config,
                        inputs=inputs, output_dir=work_dir, output_uri=storage.uri(output_dir),
                        run_id=run_id, tracking_uri=tracking_uri,
-                       storage_uri=storage.uri_root if not storage.local else storage.root)
+                       storage_uri=storage.uri_root if not storage.local else storage.root, forced=forced)
     started = time.time()
     try:
         metrics = stage_kind.fn(ctx) or {}
@@ -72,7 +72,7 @@ def execute_stage(*, pipeline: str, stage: str, kind: str, key: str, config: Any
     except BaseException:
         storage.discard(work_dir)
         raise
-    if not storage.commit(work_dir, output_dir, data):
+    if not storage.commit(work_dir, output_dir, data, replace=forced):
         # Another run of the same pipeline committed this key first; its output
         # is equivalent, and it is the one on disk, so report that one.
         data = storage.read_manifest(output_dir)

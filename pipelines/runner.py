@@ -68,7 +68,7 @@ def format_plan(plans: dict[str, StagePlan]) -> str:
 
 
 def _stage_task(*, plugins, pipeline, stage, kind, key, config_dict, inputs, storage_root,
-                run_id, tracking_uri):
+                run_id, tracking_uri, forced=False):
     """Body of a stage's Ray task. Takes plain data only: plugin modules that
     define a kind's config are imported here, before anything is rebuilt."""
     from pipelines.execute import execute_stage
@@ -82,7 +82,7 @@ def _stage_task(*, plugins, pipeline, stage, kind, key, config_dict, inputs, sto
                  for name, (d, data) in inputs.items()}
     return execute_stage(pipeline=pipeline, stage=stage, kind=kind, key=key, config=config,
                          config_dict=config_dict, inputs=manifests, storage=storage,
-                         run_id=run_id, tracking_uri=tracking_uri, plugins=tuple(plugins))
+                         run_id=run_id, tracking_uri=tracking_uri, plugins=tuple(plugins), forced=forced)
 
 
 def connect_ray(spec: PipelineSpec, address: str | None = None) -> bool:
@@ -214,7 +214,7 @@ def _execute(spec, storage, plans, results, tracker, echo) -> None:
                     inputs={n: (storage.output_dir(spec.name, n, manifests[n]["key"]), manifests[n])
                             for n in stage.needs},
                     storage_root=storage.uri_root if not storage.local else storage.root,
-                    run_id=run_id, tracking_uri=spec.tracking_uri)
+                    run_id=run_id, tracking_uri=spec.tracking_uri, forced=p.state == "forced")
                 running[ref] = (name, key, run_id, time.time())
                 echo(f"[{_now()}] > {name} ({stage.uses}) started, key {key}, MLflow run {run_id}")
         if not running:

@@ -124,17 +124,24 @@ class Storage:
             return path
         return tempfile.mkdtemp(prefix=f"omniway-{stage}-{key}-")
 
-    def commit(self, work_dir: str, output_dir: str, manifest: dict) -> bool:
+    def commit(self, work_dir: str, output_dir: str, manifest: dict, replace: bool = False) -> bool:
         """Publish `work_dir` as `output_dir` with `manifest` written last.
 
         Returns False when another run committed the same key first; that
-        output is equivalent (same key) and is kept.
+        output is equivalent (same key) and is kept. With `replace` (a forced
+        rerun: the user asked for a new output, e.g. retrained weights) the
+        existing output is replaced instead.
         """
         import shutil
 
         text = json.dumps(manifest, indent=2, sort_keys=True)
         if not self.local:
-            return self._commit_remote(work_dir, output_dir, text)
+            return self._commit_remote(work_dir, output_dir, text, replace)
+        if replace and os.path.exists(f"{output_dir}/{MANIFEST_NAME}"):
+            # move the old output aside (same filesystem: an atomic rename), then drop it
+            old = os.path.join(os.path.dirname(work_dir), "replaced-" + os.path.basename(work_dir))
+            os.rename(output_dir, old)
+            shutil.rmtree(old, ignore_errors=True)
         tmp_manifest = f"{work_dir}/{MANIFEST_NAME}.tmp"
         with open(tmp_manifest, "w") as f:
             f.write(text)
@@ -153,12 +160,16 @@ class Storage:
             raise
         return True
 
-    def _commit_remote(self, work_dir: str, output_dir: str, text: str) -> bool:
+    def _commit_remote(self, work_dir: str, output_dir: str, text: str, replace: bool = False) -> bool:
         import shutil
 
         if self.read_manifest(output_dir) is not None:
-            shutil.rmtree(work_dir, ignore_errors=True)
-            return False
+            if not replace:
+                shutil.rmtree(work_dir, ignore_errors=True)
+                return False
+            # the manifest goes first: from then on the old output reads as absent, never as half-replaced
+            self._fs.delete_file(f"{output_dir}/{MANIFEST_NAME}")
+            self._fs.delete_dir(output_dir)
         self._fs.create_dir(output_dir, recursive=True)
         for dirpath, _, files in os.walk(work_dir):
             for name in files:

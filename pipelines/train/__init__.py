@@ -5,7 +5,7 @@ A stage supplies a ``TrainTask`` (``pipelines.train.task``) and a ``TrainConfig`
 
     from pipelines.train.launch import fit
     result = fit(task, cfg.train, name=ctx.key, storage_path=f"{root}/{pipeline}/{stage}/_train",
-                 tracking_uri=ctx.tracking_uri, run_id=ctx.run_id)
+                 tracking_uri=ctx.tracking_uri, run_id=ctx.run_id, fresh=ctx.forced)
     result.copy_export(ctx.output_dir)          # the task's consolidated weights etc.
 
 The task interface (all a stage writes; the loop never knows which task it runs):

@@ -2,7 +2,8 @@
 
 ``fit`` is what a training stage calls. The Ray Train run lives under ``storage_path/name``; calling
 ``fit`` again with the same two (rerunning an interrupted stage) resumes from its latest checkpoint,
-and ``FailureConfig(max_failures)`` restarts a run whose worker died, from that checkpoint, by itself.
+unless ``fresh`` (a forced rerun: ``ctx.forced``) discards that run first. ``FailureConfig(max_failures)``
+restarts a run whose worker died, from that checkpoint, by itself.
 """
 
 from __future__ import annotations
@@ -39,8 +40,24 @@ class FitResult:
         return copied
 
 
+def discard_run(storage_path: str, name: str) -> bool:
+    """Delete the Ray Train run ``storage_path/name`` (a local path or a pyarrow filesystem URI) if there
+    is one; True if it was there."""
+    import pyarrow.fs as pafs
+
+    if "://" in storage_path:
+        fs, root = pafs.FileSystem.from_uri(storage_path)
+    else:
+        fs, root = pafs.LocalFileSystem(), os.path.abspath(storage_path)
+    path = f"{root.rstrip('/')}/{name}"
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return False
+    fs.delete_dir(path)
+    return True
+
+
 def fit(task, train: TrainConfig, *, name: str, storage_path: str, tracking_uri: str | None = None,
-        run_id: str | None = None) -> FitResult:
+        run_id: str | None = None, fresh: bool = False) -> FitResult:
     """Run ``task`` with the one loop.
 
     Args:
@@ -49,6 +66,9 @@ def fit(task, train: TrainConfig, *, name: str, storage_path: str, tracking_uri:
         name: Ray Train run name (stable per stage key, so a rerun resumes).
         storage_path: Ray Train storage root (a local path or a URI every node can reach).
         tracking_uri, run_id: the MLflow run rank 0 logs to.
+        fresh: delete ``storage_path/name`` first: train from step 0 even if a run (finished or not)
+            is there. A forced stage passes ``ctx.forced``; otherwise rerunning a finished run would
+            only resume at its last step and return the same weights.
     Raises:
         ray.train.TrainingFailedError: the run failed more than ``max_failures`` times.
     """
@@ -58,6 +78,8 @@ def fit(task, train: TrainConfig, *, name: str, storage_path: str, tracking_uri:
     from ray.train.torch import TorchTrainer
 
     task.check()
+    if fresh:
+        discard_run(storage_path, name)
     datasets = task.datasets()
     train_names = [n for n in datasets if n.startswith("train-")]
     # preserve_order: blocks go to workers in a fixed order, so resume replays the same samples

@@ -305,7 +305,7 @@ def run_pretrain(ctx) -> dict[str, float]:
     root = ctx.storage_uri.rstrip("/")
     storage_path = f"{root}/{ctx.pipeline}/{ctx.stage}/_train"  # stable per stage: a rerun resumes
     result = fit(task, cfg.train, name=ctx.key, storage_path=storage_path, tracking_uri=ctx.tracking_uri,
-                 run_id=ctx.run_id)
+                 run_id=ctx.run_id, fresh=ctx.forced)
     files = result.copy_export(ctx.output_dir)
     ctx.extra.update({"model_config": task.model_config, "recipe": cfg.recipe, "mim_target": task.mim_target,
                       "stream_batch_sizes": task.sizes, "dropped_groups": task.dropped,

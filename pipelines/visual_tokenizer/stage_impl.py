@@ -64,7 +64,7 @@ def run_visual_tokenizer(ctx) -> dict[str, float]:
           f"{train_ds.count() if train_ds is not None else 0} images at {R}px / patch {arch.patch_size} "
           f"({cfg.train.steps} steps)", flush=True)
     result = fit(task, cfg.train, name=f"{ctx.stage}-{ctx.key}", storage_path=_train_storage(ctx),
-                 tracking_uri=ctx.tracking_uri, run_id=ctx.run_id)
+                 tracking_uri=ctx.tracking_uri, run_id=ctx.run_id, fresh=ctx.forced)
     tok_dir = os.path.join(ctx.output_dir, os.path.dirname(WEIGHTS_REL))
     os.makedirs(tok_dir, exist_ok=True)
     result.copy_export(tok_dir)

@@ -37,7 +37,7 @@ def emit(ctx):
     ctx.set_rows("lines.txt", ctx.config.lines)
     ctx.log_metrics({"progress": 1.0}, step=1)
     _record(ctx.config.log, ctx.stage, "end")
-    return {"lines": ctx.config.lines}
+    return {"lines": ctx.config.lines, "forced": int(ctx.forced)}
 
 
 @dataclass

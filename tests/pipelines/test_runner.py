@@ -91,8 +91,10 @@ def test_selection_only_from_to_force(project):
     assert project.runs() == ["c", "d"]
 
     project.clear_log()
+    assert manifest(project, "b")["metrics"]["forced"] == 0
     assert run(project, body, "--only", "b", "--force")[0] == 0
     assert project.runs() == ["b"]
+    assert manifest(project, "b")["metrics"]["forced"] == 1  # the stage knew (training starts over)
 
     project.clear_log()
     assert run(project, body, "--force")[0] == 0
