@@ -17,7 +17,7 @@ from collections import Counter
 from typing import Iterator
 
 from pipelines.data import schema
-from pipelines.data.config import CorpusConfig, SourceConfig
+from pipelines.data.config import CorpusConfig
 
 
 def split_of(sample_id: str, val_fraction: float) -> str:

@@ -5,9 +5,7 @@ import torch
 
 from model import CheckpointKeyError, ModelConfig, MultiwayModel
 from model.interop.beit3 import beit3_config, load_beit3, omniway_to_beit3
-from torchscale_shim import torchscale_beit3_classes
-
-DIM, LAYERS, HEADS, FFN, VOCAB, IMG, PATCH, MAXPOS = 32, 2, 4, 64, 100, 32, 8, 40
+from tiny_beit3 import DIM, FFN, HEADS, IMG, LAYERS, MAXPOS, PATCH, VOCAB, tiny_inputs, torchscale_beit3_classes
 
 
 @pytest.fixture(scope="module")
@@ -35,23 +33,13 @@ def _config(**kw):
     })
 
 
-def _inputs():
-    g = torch.Generator().manual_seed(1)
-    pixels = torch.randn(3, 3, IMG, IMG, generator=g)
-    ids = torch.randint(0, VOCAB, (3, 12), generator=g)
-    pad = torch.zeros(3, 12, dtype=torch.bool)
-    pad[1, 9:] = True
-    pad[2, 4:] = True
-    return pixels, ids, pad
-
-
 @pytest.mark.parametrize("fused_qkv", [True, False])
 def test_model_parity_with_torchscale(torchscale_beit3, fused_qkv):
     ref = torchscale_beit3
     ours = MultiwayModel(_config(fused_qkv=fused_qkv)).eval()
     leftovers = load_beit3(ours, {"model": {"beit3." + k: v for k, v in ref.state_dict().items()}})
     assert leftovers == {}
-    pixels, ids, pad = _inputs()
+    pixels, ids, pad = tiny_inputs()
     with torch.no_grad():
         cases = {
             "image": (ref(visual_tokens=pixels)["encoder_out"], ours({"pixels": pixels}).hidden),

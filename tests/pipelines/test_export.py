@@ -18,9 +18,7 @@ from pipelines.stages.pretrain import PretrainConfig
 from pipelines.storage import Storage
 from pipelines.train.pretrain_task import PretrainTask
 from tasks import PretrainModel
-from torchscale_shim import torchscale_beit3_classes
-
-DIM, LAYERS, HEADS, FFN, VOCAB, IMG, PATCH, MAXPOS = 32, 2, 4, 64, 100, 32, 8, 40
+from tiny_beit3 import DIM, FFN, HEADS, IMG, LAYERS, MAXPOS, PATCH, VOCAB, tiny_inputs, torchscale_beit3_classes
 
 
 def _model_overrides(**kw) -> dict:
@@ -65,15 +63,6 @@ def _export(*argv: str, capsys) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-def _inputs():
-    g = torch.Generator().manual_seed(1)
-    pixels = torch.randn(3, 3, IMG, IMG, generator=g)
-    ids = torch.randint(0, VOCAB, (3, 12), generator=g)
-    pad = torch.zeros(3, 12, dtype=torch.bool)
-    pad[1, 9:] = True
-    return pixels, ids, pad
-
-
 @pytest.fixture
 def torchscale():
     """torchscale's (EncoderConfig, BEiT3)."""
@@ -99,7 +88,7 @@ def test_export_beit3_loads_strictly_into_torchscale_with_the_same_outputs(tmp_p
     ref = BEiT3(EncoderConfig(**args)).eval()
     ref.load_state_dict({k[len("beit3."):]: v for k, v in ckpt["model"].items()}, strict=True)
 
-    pixels, ids, pad = _inputs()
+    pixels, ids, pad = tiny_inputs()
     with torch.no_grad():
         expected = ref(textual_tokens=ids, visual_tokens=pixels, text_padding_position=pad)["encoder_out"]
         got = module.backbone({"pixels": pixels, "text_ids": ids, "text_padding_mask": pad}).hidden

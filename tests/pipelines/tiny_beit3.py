@@ -1,6 +1,7 @@
-"""torchscale 0.3.0 importable beside the CPU torch wheel: its one timm import (``drop_path``) is served by
-a stand-in module, because timm itself pulls torchvision, which does not import beside that wheel.
-Shared by the BEiT-3 parity tests (tests/model) and the export tests (tests/pipelines)."""
+"""A tiny BEiT-3 for the parity tests (tests/model) and the export tests (tests/pipelines): its sizes, inputs
+for it, and torchscale 0.3.0 importable beside the CPU torch wheel (its one timm import, ``drop_path``, is
+served by a stand-in module, because timm itself pulls torchvision, which does not import beside that
+wheel)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,21 @@ import contextlib
 import sys
 import types
 
+DIM, LAYERS, HEADS, FFN, VOCAB, IMG, PATCH, MAXPOS = 32, 2, 4, 64, 100, 32, 8, 40
 _TIMM = ("timm", "timm.models", "timm.models.layers")
+
+
+def tiny_inputs():
+    """(pixels (3, 3, IMG, IMG), text ids (3, 12), padding (3, 12) bool: rows 1 and 2 padded)."""
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    pixels = torch.randn(3, 3, IMG, IMG, generator=g)
+    ids = torch.randint(0, VOCAB, (3, 12), generator=g)
+    pad = torch.zeros(3, 12, dtype=torch.bool)
+    pad[1, 9:] = True
+    pad[2, 4:] = True
+    return pixels, ids, pad
 
 
 def _drop_path(x, drop_prob=0.0, training=False):
