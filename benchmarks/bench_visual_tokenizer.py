@@ -166,8 +166,8 @@ def main() -> None:
     best = max(loops["default threads"], loops[f"{args.cpus} threads"])
     print(f"ray_over_loop_incl_actor_start: {ray_total / best:.2f}")
     print(f"ray_over_loop_1_thread: {ray_rate / loops['1 thread']:.2f}")
-    print(f"ray_over_loop_bound: {2 * loops['1 thread'] / best:.2f} (2 x the 1-thread loop / the best "
-          f"multi-thread loop: what perfect 2-actor scaling would give)")
+    print(f"ray_over_loop_bound: {args.cpus * loops['1 thread'] / best:.2f} ({args.cpus} x the 1-thread loop / "
+          f"the best multi-thread loop: what perfect {args.cpus}-actor scaling would give)")
     print(f"ray_over_loop: {ray_rate / best:.2f}")
 
 

@@ -26,7 +26,6 @@ from pathlib import Path
 from pipelines.train.pretrain_task import HEADS_FILE, MODEL_FILE, PRETRAIN_FILE
 
 FORMATS = ("omniway", "beit3")
-MANIFEST_FILE = "_manifest.json"
 
 
 class ExportError(ValueError):
@@ -85,17 +84,13 @@ class _Source:
 def _open_source(output_dir: str, storage_root: str | None, tmp: str) -> _Source:
     """Check the output lists a model file and make its files local (safetensors reads local files)."""
     from pipelines.manifest import sha256_file
-    from pipelines.storage import Storage
+    from pipelines.storage import Storage, _is_uri
 
-    store = Storage(storage_root) if storage_root and "://" in storage_root else None
-    if store is None:
-        if not os.path.isdir(output_dir):
-            raise ExportError(f"{output_dir}: no such directory (give a pretrain stage output directory, or "
-                              "PIPELINE.yaml --stage NAME)")
-        manifest_path = os.path.join(output_dir, MANIFEST_FILE)
-        manifest = json.loads(Path(manifest_path).read_text()) if os.path.exists(manifest_path) else None
-    else:
-        manifest = store.read_manifest(output_dir)
+    store = Storage(storage_root) if storage_root and _is_uri(storage_root) else None
+    if store is None and not os.path.isdir(output_dir):
+        raise ExportError(f"{output_dir}: no such directory (give a pretrain stage output directory, or "
+                          "PIPELINE.yaml --stage NAME)")
+    manifest = (store or Storage(os.path.dirname(os.path.abspath(output_dir)))).read_manifest(output_dir)
     listed = {e["path"]: e for e in (manifest or {}).get("files", [])}
     names = [n for n in (MODEL_FILE, HEADS_FILE, PRETRAIN_FILE)
              if (n in listed if manifest else os.path.exists(os.path.join(output_dir, n)))]

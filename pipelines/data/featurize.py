@@ -36,16 +36,10 @@ class Featurizer:
         self.bos, self.eos = self.sp.bos_id(), self.sp.eos_id()
         self.cfg = cfg
         self.visual = visual
-        self._torch_ready = False
         if visual is not None:
-            self._single_thread_torch()
-
-    def _single_thread_torch(self) -> None:
-        if not self._torch_ready:
             import torch
 
             torch.set_num_threads(1)  # one worker per core; torch threads would oversubscribe
-            self._torch_ready = True
 
     def text_ids(self, texts: list[str]) -> list[list[int]]:
         """Batch-encode; each row is bos + ids + eos, cut to max_text_tokens (eos kept)."""

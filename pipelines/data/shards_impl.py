@@ -206,19 +206,23 @@ def part_stats(table, plot_samples: int) -> dict:
             "plots": plots}
 
 
-def read_slices(storage, slices: list[dict]) -> list[dict]:
-    """Corpus rows of `slices` [{path, row_group, start, stop}], in order."""
+def read_slices(storage, slices: list[dict], last: dict | None = None) -> list[dict]:
+    """Corpus rows of `slices` [{path, row_group, start, stop}], in order.
+
+    `last` keeps the most recently read row group between calls: a corpus row group (256 rows)
+    holds several chunks of photos, and a worker gets a part's chunks in row order, so the next
+    chunk mostly needs the row group the previous one read."""
     import pyarrow.parquet as pq
 
+    last = {} if last is None else last
     rows: list[dict] = []
-    cache: dict = {}
     for s in slices:
         key = (s["path"], s["row_group"])
-        if key not in cache:
+        if last.get("key") != key:
             f = storage.open_input(s["path"]) if storage else open(s["path"], "rb")
             with f:
-                cache[key] = pq.ParquetFile(f).read_row_group(s["row_group"])
-        rows += cache[key].slice(s["start"], s["stop"] - s["start"]).to_pylist()
+                last.update(key=key, table=pq.ParquetFile(f).read_row_group(s["row_group"]))
+        rows += last["table"].slice(s["start"], s["stop"] - s["start"]).to_pylist()
     return rows
 
 
@@ -231,7 +235,8 @@ CHUNK_ID = "chunk_id"  # the column tagging featurized rows with their chunk in 
 
 
 def worker_state(spm_model: bytes, cfg: ShardsConfig, storage_uri: str, visual_manifest=None):
-    """(Featurizer, Storage or None) for these arguments, built on first use in this process."""
+    """(Featurizer, Storage or None, the last-row-group cache of `read_slices`) for these arguments,
+    built on first use in this process."""
     import hashlib
 
     key = (hashlib.sha256(spm_model).hexdigest(), repr(cfg), storage_uri,
@@ -243,8 +248,8 @@ def worker_state(spm_model: bytes, cfg: ShardsConfig, storage_uri: str, visual_m
         _WORKER_STATE.clear()
         visual = load_visual_encoder(visual_manifest) if visual_manifest is not None else None
         _WORKER_STATE.update(key=key, featurizer=Featurizer(spm_model, cfg, visual),
-                             storage=Storage(storage_uri) if storage_uri else None)
-    return _WORKER_STATE["featurizer"], _WORKER_STATE["storage"]
+                             storage=Storage(storage_uri) if storage_uri else None, last_row_group={})
+    return _WORKER_STATE["featurizer"], _WORKER_STATE["storage"], _WORKER_STATE["last_row_group"]
 
 
 def featurize_chunks(batch, *, spm_model: bytes, cfg: ShardsConfig, storage_uri: str,
@@ -262,10 +267,10 @@ def featurize_chunks(batch, *, spm_model: bytes, cfg: ShardsConfig, storage_uri:
     """
     import pyarrow as pa
 
-    featurizer, storage = worker_state(spm_model, cfg, storage_uri, visual_manifest)
+    featurizer, storage, last = worker_state(spm_model, cfg, storage_uri, visual_manifest)
     for task_json in batch.column("chunks").to_pylist():
         for spec in json.loads(task_json):
-            table = featurize_table(featurizer, read_slices(storage, spec["slices"]),
+            table = featurize_table(featurizer, read_slices(storage, spec["slices"], last),
                                     cfg.batch_size)
             yield table.append_column(CHUNK_ID, pa.array([spec["id"]] * table.num_rows,
                                                          pa.int32()))
@@ -331,6 +336,8 @@ def iter_parts(corpus, spm_model: bytes, cfg: ShardsConfig, splits=schema.SPLITS
                 yield specs[key], fut.result()
 
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            if block.num_rows == 0:  # Ray Data may hand over empty blocks: nothing to regroup
+                continue
             ids = block.column(CHUNK_ID).to_numpy()
             cuts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist(), len(ids)]
             for a, b in zip(cuts[:-1], cuts[1:]):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import resource
 import shutil
+import sys
 import tempfile
 import time
 
@@ -116,8 +117,9 @@ def train_loop(config: dict) -> None:
     num_params = sum(p.numel() for p in module.parameters())
     engine = build_engine(module, train, world)
     if rank == 0 and zero_stage(train, world) != train.zero_stage:
-        print(f"[train] 1 worker: ZeRO-{train.zero_stage} has nothing to partition, DeepSpeed runs stage 0",
-              flush=True)
+        # sys.stdout, not print(): Ray Train patches print() to also log, and the line showed twice
+        sys.stdout.write(f"[train] 1 worker: ZeRO-{train.zero_stage} has nothing to partition, "
+                         "DeepSpeed runs stage 0\n")
 
     state = {"step": 0, "streams": {}, "history": [], "restarts": 0}
     checkpoint = ray.train.get_checkpoint()

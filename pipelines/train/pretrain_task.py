@@ -38,7 +38,6 @@ class PretrainTask(TrainTask):
         self.counts: dict[str, dict[str, int]] = {}
         self.dropped: dict[str, str] = {}
         self.row_bytes: dict[str, float] = {}
-        self.in_memory: list[str] = []  # train groups read into the object store (``datasets``)
         self.model_config: dict = {}
         self.mim_target = cfg.mim_target
         self._collator = None
@@ -146,17 +145,20 @@ class PretrainTask(TrainTask):
         out = {}
         for g in self.sizes:
             ds = read_shards(self.shards, "train", GROUPS[g], exact=True, columns=cols(g))
-            if self.group_bytes(g) <= self.cfg.in_memory_mb * 2**20:
-                # read once into the object store: each epoch of a streamed group re-reads and re-filters
-                # every train file, and a small group (17 image-only rows among 14k) ends an epoch every
-                # few steps, so the trainer would mostly wait for data
+            if g in self.in_memory:
                 ds = ds.materialize()
-                self.in_memory.append(g)
             out[f"train-{g}"] = ds
         # val is small and read whole by every worker at every validation: read it once, here
         out.update({f"val-{g}": read_shards(self.shards, "val", GROUPS[g], exact=True, columns=cols(g)).materialize()
                     for g in self.val_groups})
         return out
+
+    @property
+    def in_memory(self) -> list[str]:
+        """Train groups read once into the object store (``in_memory_mb``): each epoch of a streamed group
+        re-reads and re-filters every train file, and a small group (17 image-only rows among 14k) ends an
+        epoch every few steps, so the trainer would mostly wait for data."""
+        return [g for g in self.sizes if self.group_bytes(g) <= self.cfg.in_memory_mb * 2**20]
 
     def group_bytes(self, group: str) -> float:
         """Estimated uncompressed bytes of a train group's columns (``check`` measures them)."""
