@@ -4,8 +4,8 @@
 What each side does per step, same mixed batch already on the device (data loading is not timed here;
 ``bench_train.py`` measures the whole Ray Train path and its data wait):
 - plain: ``torch.optim.AdamW`` on fp32 parameters, forward under ``torch.autocast(bf16)`` when bf16 is on;
-- deepspeed: ``deepspeed.initialize`` with omniway's config (ZeRO stage as given, bf16 parameters with
-  fp32 master weights when bf16 is on, the same AdamW, clipping), ``engine(batch)``, ``backward``, ``step``.
+- deepspeed: ``deepspeed.initialize`` with omniway's config (ZeRO stage as given, bf16 as DeepSpeed's
+  ``torch_autocast`` over fp32 weights, the same AdamW, clipping), ``engine(batch)``, ``backward``, ``step``.
 
     python benchmarks/bench_engine.py                       # CPU: debug model, fp32
     python benchmarks/bench_engine.py --device cuda         # GPU: base model, bf16
@@ -84,10 +84,12 @@ def plain(args, spec, recipe, batch, device, bf16: bool) -> float:
     return time_steps(step, args.steps, args.warmup, device)
 
 
-def with_deepspeed(args, spec, recipe, batch, device, bf16: bool, zero: int, autocast: bool = False) -> tuple[float, int]:
+def with_deepspeed(args, spec, recipe, batch, device, bf16: bool, zero: int,
+                   bf16_weights: bool = False) -> tuple[float, int]:
     """(steps/s, the ZeRO stage the engine ran: one worker runs stage 0, see ``engine.zero_stage``).
-    ``autocast``: DeepSpeed's ``torch_autocast`` (fp32 parameters, bf16 matmuls) instead of its bf16
-    mode (bf16 parameters, fp32 master copy in the optimizer)."""
+    bf16 runs as omniway's engine runs it, DeepSpeed's ``torch_autocast`` (fp32 weights, bf16 matmuls);
+    ``bf16_weights``: DeepSpeed's bf16 mode instead (bf16 weights and inputs, an fp32 master copy in the
+    optimizer), the alternative ``engine.ds_config`` explains the choice against."""
     import pipelines.train.engine as eng
     from pipelines.train.config import TrainConfig
 
@@ -98,24 +100,27 @@ def with_deepspeed(args, spec, recipe, batch, device, bf16: bool, zero: int, aut
                         warmup_steps=1, zero_stage=zero, precision="bf16" if bf16 else "fp32",
                         use_gpu=device.type == "cuda", num_workers=1)
     original = eng.ds_config
-    if autocast:
-        def with_autocast(train, world):
+    if bf16_weights:
+        def with_bf16_weights(train, world):
             cfg = original(train, world)
-            cfg["bf16"] = {"enabled": False}
-            cfg["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+            cfg["bf16"] = {"enabled": True}
+            cfg["torch_autocast"] = {"enabled": False}
             return cfg
-        eng.ds_config = with_autocast
+        eng.ds_config = with_bf16_weights
     try:
         engine = eng.build_engine(model, train, world=1)
     finally:
         eng.ds_config = original
-    lowp = bf16 and not autocast  # bf16 parameters take bf16 inputs
-    cast = {k: {n: (v.to(torch.bfloat16) if lowp and v.is_floating_point() else v) for n, v in t.items()}
+    cast = {k: {n: (v.to(torch.bfloat16) if bf16_weights and v.is_floating_point() else v) for n, v in t.items()}
             for k, t in batch.items()}
+
+    clip = eng.loop_clips(train, 1)  # the loop clips with torch where DeepSpeed's clipping is off
 
     def step():
         out = engine(cast)
         engine.backward(out["loss"])
+        if clip:
+            torch.nn.utils.clip_grad_norm_(engine.module.parameters(), train.grad_clip)
         engine.step()
 
     rate = time_steps(step, args.steps, args.warmup, device)
@@ -158,8 +163,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--zero", default="2,0", help="ZeRO stages to time, comma list (the first gives the ratio)")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
-    p.add_argument("--autocast", action="store_true",
-                   help="also time DeepSpeed's torch_autocast mode (bf16 only)")
+    p.add_argument("--bf16-weights", action="store_true",
+                   help="also time DeepSpeed's bf16 mode (bf16 weights, fp32 master copy; bf16 only)")
     p.add_argument("--profile", action="store_true", help="print the top ops of 3 DeepSpeed steps")
     args = p.parse_args()
     device = torch.device(args.device)
@@ -196,9 +201,10 @@ def main() -> None:
         print(f"deepspeed ZeRO-{zero}{runs}: {rate:.3f} steps/s ({rate / base:.3f} x plain)")
         if gpu:
             print(f"  peak GPU memory so far: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
-        if args.autocast and bf16:
-            rate, _ = with_deepspeed(args, spec, recipe, batch, device, bf16, zero, autocast=True)
-            print(f"deepspeed ZeRO-{zero} torch_autocast: {rate:.3f} steps/s ({rate / base:.3f} x plain)")
+        if args.bf16_weights and bf16:
+            rate, _ = with_deepspeed(args, spec, recipe, batch, device, bf16, zero, bf16_weights=True)
+            print(f"deepspeed ZeRO-{zero} bf16 weights + fp32 master copy: {rate:.3f} steps/s "
+                  f"({rate / base:.3f} x plain)")
     print(f"deepspeed_over_plain: {ratios[0]:.3f}")
 
 

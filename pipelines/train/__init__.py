@@ -18,7 +18,7 @@ The task interface (all a stage writes; the loop never knows which task it runs)
              collate(stream, numpy_rows) -> collated batch        (Ray Data prefetch thread)
              prepare({stream: batch}, step=, rank=, device=, dtype=) -> module input
                                         (masks etc. seeded from step and rank, so resume repeats them)
-             batch_stats(prepared, num_params) -> {"samples", "tokens", "flops", <stream>: rows}
+             batch_stats({stream: batch}, num_params) -> {"samples", "tokens", "flops", <stream>: rows}
              validate(module, {stream: iterable}, step=, device=, dtype=) -> {metric: value}
              export(module, out_dir)     rank 0, parameters gathered: write fp32 weights + configs
 

@@ -26,23 +26,29 @@ EXPORT_DIR = "export"  # inside the final checkpoint: what the stage copies to i
 HISTORY_KEEP = 5000
 
 
-def _measure_peak_flops(device) -> float:
-    """FLOP/s of a square matmul on this worker: the MFU denominator when none is configured."""
+def _measure_peak_flops(device, dtype) -> float:
+    """FLOP/s of a square matmul in the dtype the model's matmuls run in (bf16 under autocast) on this
+    worker: the MFU denominator when none is configured."""
     import torch
 
-    n = 512 if device.type == "cpu" else 4096
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+    n = 512 if device.type == "cpu" else 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     reps = 5
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    _synchronize(device)
     t = time.perf_counter()
     for _ in range(reps):
         a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    _synchronize(device)
     return 2 * n ** 3 * reps / (time.perf_counter() - t)
+
+
+def _synchronize(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _peak_memory(device) -> float:
@@ -110,7 +116,9 @@ def train_loop(config: dict) -> None:
         device = torch.device("cpu")
         # as many threads as the worker reserved CPUs: oversubscription slows every rank
         torch.set_num_threads(max(1, int(round(train.cpus_per_worker))))
-    dtype = torch.bfloat16 if use_bf16(train) else torch.float32
+    # inputs stay fp32: bf16 runs as autocast over fp32 weights (engine.ds_config), in the engine's forward
+    # and around validation here
+    dtype, bf16 = torch.float32, use_bf16(train)
 
     torch.manual_seed(train.seed)  # identical init on every rank
     module = task.build_model(train)
@@ -138,11 +146,13 @@ def train_loop(config: dict) -> None:
                for name, bs in sizes.items()}
     val_names = [n for n in config.get("dataset_names", []) if n.startswith("val-")]
     logger = RunLogger(config.get("tracking_uri"), config.get("run_id"), train.steps) if rank == 0 else None
-    peak = train.peak_flops_per_worker or _measure_peak_flops(device)
+    # CPUs without bf16 GEMMs run autocast's matmuls through the fp32 BLAS (model.ops.Linear)
+    peak = train.peak_flops_per_worker or _measure_peak_flops(
+        device, torch.bfloat16 if bf16 and device.type == "cuda" else torch.float32)
 
     clip, own_norm = loop_clips(train, world), None  # see engine.loop_clips
     window = {"wait": 0.0, "time": 0.0, "samples": 0.0, "tokens": 0.0, "flops": 0.0, "n": 0}
-    sums: dict[str, float] = {}
+    sums: dict = {}  # loss parts (device tensors) and mix counts (floats), summed over the window
     step = state["step"]
     end = train.stop_after if 0 < train.stop_after < train.steps else train.steps
     while step < end:
@@ -157,25 +167,33 @@ def train_loop(config: dict) -> None:
             if clip and engine.is_gradient_accumulation_boundary():  # before step(): it counts the micro step
                 own_norm = torch.nn.utils.clip_grad_norm_(engine.module.parameters(), train.grad_clip)
             engine.step()
-            stats = task.batch_stats(batch, num_params)
+            stats = task.batch_stats(raw, num_params)  # from the collated host batch: no device sync
             for k in ("samples", "tokens", "flops"):
                 window[k] += float(stats.get(k, 0.0))
             for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach().float()) / train.grad_accum
+                # summed on the device: a float() here would wait for the GPU every step, and the next
+                # step's host work (masks, copies, kernel launches) could no longer overlap this one's
+                part = v.detach().float() / train.grad_accum
+                sums[k] = sums[k] + part if k in sums else part
             for k, v in stats.items():
                 if k not in ("samples", "tokens", "flops"):
                     sums[f"mix/{k}"] = sums.get(f"mix/{k}", 0.0) + float(v) / train.grad_accum
         step += 1
+        last = step == train.steps
+        log_now = step % train.log_every == 0 or step == end
+        val_now = bool(val_names) and ((train.val_every and step % train.val_every == 0) or last)
+        checkpoint_now = step % train.checkpoint_every == 0 or step == end
+        if log_now or val_now or checkpoint_now:
+            _synchronize(device)  # steps queue asynchronously: the window's time must cover their device work
         window["time"] += time.perf_counter() - t_step
         window["n"] += 1
         state["step"] = step
         state["streams"] = {name: s.position() for name, s in streams.items()}
 
-        last = step == train.steps
         metrics: dict[str, float] = {}
-        if step % train.log_every == 0 or step == end:
+        if log_now:
             n, secs = window["n"], max(window["time"], 1e-9)
-            local = {k: v / n for k, v in sums.items()}
+            local = {k: float(v) / n for k, v in sums.items()}
             local.update({"samples_per_s": window["samples"] / secs * world,
                           "tokens_per_s": window["tokens"] / secs * world,
                           "mfu": window["flops"] / secs / peak,
@@ -193,16 +211,17 @@ def train_loop(config: dict) -> None:
             state["history"] = (state["history"] + [[step, metrics["loss"]]])[-HISTORY_KEEP:]
             window = {k: 0.0 if k != "n" else 0 for k in window}
             sums = {}
-        if val_names and ((train.val_every and step % train.val_every == 0) or last):
+        if val_now:
             module.eval()
-            val = task.validate(engine.module, {n[len("val-"):]: _val_iter(ray.train.get_dataset_shard(n), task, n)
-                                                for n in val_names}, step=step, device=device, dtype=dtype)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                val = task.validate(engine.module, {n[len("val-"):]: _val_iter(ray.train.get_dataset_shard(n), task, n)
+                                                    for n in val_names}, step=step, device=device, dtype=dtype)
             module.train()
             metrics.update({f"val/{k}": v for k, v in val.items()})
         if logger is not None and metrics:
             logger.log(metrics, step)
             logger.progress(step, metrics)
-        if step % train.checkpoint_every == 0 or step == end:
+        if checkpoint_now:
             _save_and_report(task, engine, train, state, metrics, rank, final=last, logger=logger)
 
 

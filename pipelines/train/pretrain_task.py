@@ -284,7 +284,7 @@ class PretrainTask(TrainTask):
         from model import ModelConfig, save_checkpoint
 
         config = ModelConfig.from_dict(self.model_config)
-        fresh = config.build()  # fp32 copy: the engine's module may be bf16
+        fresh = config.build()  # an fp32 module of the exported config
         state = {k: v.detach().float().cpu() for k, v in module.backbone.state_dict().items()}
         fresh.load_state_dict(state, strict=True)
         save_checkpoint(os.path.join(out_dir, MODEL_FILE), fresh, config)

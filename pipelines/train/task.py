@@ -50,8 +50,9 @@ class TrainTask:
         raise NotImplementedError
 
     def batch_stats(self, batch: Any, num_params: int) -> dict[str, float]:
-        """``samples``, ``tokens`` and ``flops`` (model FLOPs of forward + backward) of one prepared micro
-        batch on one worker; also any per-stream composition counts (logged as ``mix/<stream>``)."""
+        """``samples``, ``tokens`` and ``flops`` (model FLOPs of forward + backward) of one micro batch on one
+        worker; also any per-stream composition counts (logged as ``mix/<stream>``). ``batch``: what
+        ``prepare`` takes ({stream: collated batch}, on the host), so counting never waits for the device."""
         raise NotImplementedError
 
     def validate(self, module, streams: dict[str, Iterable], *, step: int, device, dtype) -> dict[str, float]:

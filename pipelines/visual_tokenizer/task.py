@@ -66,7 +66,7 @@ class VQKDTask(TrainTask):
         return to_float_pixels(batch["images"].to(device)).to(dtype)  # (B, 3, R, R) in [-1, 1]
 
     def batch_stats(self, batch, num_params: int) -> dict[str, float]:
-        B = batch.shape[0]
+        B = batch["images"].shape[0]
         tokens = B * self.cfg.tokenizer.image_resolution ** 2 // self.cfg.tokenizer.patch_size ** 2
         # every parameter sees every patch token once (encoder and decoder both run on N tokens)
         return {"samples": float(B), "tokens": float(tokens), "flops": 6.0 * num_params * tokens}
