@@ -44,15 +44,17 @@ def plan_units(corpus, split: str) -> list[dict]:
     return units
 
 
-# Estimated CPU cost of one row, in microseconds of one core (measured on the demo corpus),
-# from what it carries. Used only to cut parts into chunks of similar cost and to order the
-# work; a wrong estimate costs balance, never correctness. Media bytes are the corpus' encoded
-# bytes (row-group averages): decoding a big PNG costs more than a small one.
-ROW_US = 60.0                # text ids, row conversion, Parquet encoding of the small columns
-IMAGE_US = 1900.0            # resize to R, pixel bytes, and their Parquet encoding
-IMAGE_US_PER_BYTE = 0.25     # image decoding
-AUDIO_US = 300.0             # log-mel bytes and their Parquet encoding
-AUDIO_US_PER_BYTE = 0.1      # audio decoding + log-mel (grow with the duration)
+# Estimated CPU cost of featurizing one row in a worker, in microseconds of one core, from what
+# it carries: a least-squares fit of Featurizer.rows CPU time per 32-row batch over the whole demo
+# corpus (R = 224). Used only to cut parts into chunks of similar cost and to order the work; a
+# wrong estimate costs balance, never correctness (the earlier constants overestimated images ~2x
+# against text, and the last task, eight text parts, ran alone for a third of a second on one
+# worker). Media bytes are the corpus' encoded bytes (row-group averages): a big PNG costs more.
+ROW_US = 70.0                # corpus row -> Python, text ids, shards row
+IMAGE_US = 900.0             # resize to R, pixel bytes
+IMAGE_US_PER_BYTE = 0.033    # image decoding
+AUDIO_US = 480.0             # resampled waveform -> log-mel bytes
+AUDIO_US_PER_BYTE = 0.066    # audio decoding + log-mel (grow with the duration)
 # Task sizes (see `_guided`): each task takes about 1 / (workers * GUIDED_SHARE) of the work
 # left, and at least 1 / (workers * MIN_TASKS_PER_WORKER) of the whole. Few tasks matter: Ray
 # Data notices a finished task on its next scheduling step (every <= 0.1 s) before the worker
@@ -322,6 +324,9 @@ def iter_parts(corpus, spm_model: bytes, cfg: ShardsConfig, splits=schema.SPLITS
                                    "storage_uri": corpus.storage_uri, "visual_manifest": visual},
                         num_cpus=1, concurrency=task_concurrency(ray, workers, len(items)))
     ds = no_ramp_up(ds)
+    # the driver regroups rows by chunk id, so output order is free: with Ray Data's default
+    # ordered output (set by ensure_ray) a finished task's rows waited behind a longer earlier task
+    ds.context.execution_options.preserve_order = False
     names = schema.shards_schema().names
     pieces: dict[int, list] = {}      # chunk id -> its row slices received so far
     rows_in: Counter = Counter()      # chunk id -> rows received
