@@ -23,7 +23,8 @@ The task interface (all a stage writes; the loop never knows which task it runs)
              export(module, out_dir)     rank 0, parameters gathered: write fp32 weights + configs
 
 What the loop does (``pipelines.train.loop.train_loop``): seeds torch, builds the module,
-``deepspeed.initialize`` (ZeRO 0-3, optional CPU optimizer offload, bf16 where the GPU has it else fp32,
+``deepspeed.initialize`` (ZeRO 0-3, optional CPU optimizer offload, bf16 where the GPU has it (autocast
+over fp32 weights, DeepSpeed's ``torch_autocast``) else fp32,
 gradient accumulation, clipping, AdamW with decay only on matrices, warmup + cosine as a LambdaLR),
 restores ``ray.train.get_checkpoint()`` (engine, optimizer, scheduler, step, stream positions, loss
 history), and steps. Every ``log_every`` steps rank 0 logs to MLflow: every loss part (averaged over ranks),
