@@ -21,6 +21,7 @@ on one node), and the driver spends about a quarter of the stage's CPU compressi
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -143,18 +144,17 @@ def plan_chunks(parts: list[dict], batch_size: int, workers: int) -> list[dict]:
     total = remaining = sum(p["cost"] for p in parts)
     chunks: list[dict] = []
     for part in sorted(parts, key=lambda p: (-p["cost"], p["split"], p["index"])):
-        costs, mine = part["row_costs"], []
+        mine, n = [], part["rows"]
+        upto = [0.0, *itertools.accumulate(part["row_costs"])]  # upto[i]: cost of rows [0, i)
         lo = 0
-        while lo < part["rows"]:
+        while lo < n:
             target = _guided(remaining, total, workers)
-            hi, acc = lo, 0.0
-            while hi < part["rows"] and (hi == lo or acc < target):
-                nxt = min(part["rows"], hi + batch_size)
-                acc += sum(costs[hi:nxt])
-                hi = nxt
-            if sum(costs[hi:]) < target / 2:  # no small remainder chunk: it would end the part late
-                acc += sum(costs[hi:])
-                hi = part["rows"]
+            hi = lo
+            while hi < n and (hi == lo or upto[hi] - upto[lo] < target):
+                hi = min(n, hi + batch_size)
+            if upto[n] - upto[hi] < target / 2:  # no small remainder chunk: it would end the part late
+                hi = n
+            acc = upto[hi] - upto[lo]
             mine.append({"split": part["split"], "index": part["index"], "chunk": len(mine),
                          "rows": hi - lo, "cost": acc,
                          "slices": _cut_slices(part["slices"], lo, hi)})
