@@ -35,6 +35,11 @@ def _broadcast(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _fp32(t: torch.Tensor):
+    """Context: autocast off on ``t``'s device (float32 matmuls stay float32)."""
+    return torch.autocast(t.device.type, enabled=False)
+
+
 class NormEMAVectorQuantizer(nn.Module):
     """Cosine-lookup codebook with EMA updates, restarts and straight-through gradients.
 
@@ -65,9 +70,11 @@ class NormEMAVectorQuantizer(nn.Module):
 
     def lookup(self, z: torch.Tensor) -> torch.Tensor:
         """Nearest code ids of ``z`` (..., D) (need not be normalised) -> (...) int64."""
-        flat = F.normalize(z.reshape(-1, self.code_dim).float(), dim=-1)  # (M, D)
         # argmax of cosine == argmin of distance on the sphere; float32 so bf16 training cannot flip ids
-        sim = flat @ self.codebook.float().t()  # (M, K)
+        # (autocast off too: under it a float32 matmul still runs in bf16, and ~1.5% of ids flipped)
+        with _fp32(z):
+            flat = F.normalize(z.reshape(-1, self.code_dim).float(), dim=-1)  # (M, D)
+            sim = flat @ self.codebook.float().t()  # (M, K)
         return sim.argmax(dim=-1).reshape(z.shape[:-1])
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -104,7 +111,10 @@ class NormEMAVectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _ema_update(self, flat: torch.Tensor, ids: torch.Tensor) -> None:
-        flat = flat.float()
+        with _fp32(flat):  # the codebook statistics (and restarts) in float32 under autocast too
+            self._ema_update_fp32(flat.float(), ids)
+
+    def _ema_update_fp32(self, flat: torch.Tensor, ids: torch.Tensor) -> None:
         onehot = F.one_hot(ids, self.codebook_size).float()  # (M, K)
         hits = _all_reduce(onehot.sum(0))  # (K,)
         sums = _all_reduce(onehot.t() @ flat)  # (K, D)

@@ -62,7 +62,7 @@ def ds_config(train: TrainConfig, world: int) -> dict:
         "zero_optimization": zero,
         # bf16 as torch autocast over fp32 weights (DeepSpeed's torch_autocast), not DeepSpeed's bf16 mode
         # (bf16 weights and gradients, an fp32 master copy its BF16 / ZeRO optimizer steps): on an H100
-        # (base model, 224 px, 64 samples per step, benchmarks/bench_engine.py --device cuda --autocast,
+        # (base model, 224 px, 64 samples per step, benchmarks/bench_engine.py --device cuda --bf16-weights,
         # one worker) the bf16 mode ran 0.66x the plain autocast loop's steps/s, torch_autocast 1.01x.
         # Weights, gradients and optimizer states stay fp32 (the master copy is the weights themselves);
         # ZeRO still partitions them, and reduces Linear / Conv gradients in bf16.

@@ -138,3 +138,25 @@ def test_float_pixels_are_the_documented_mapping():
     assert torch.equal(x, before)
     f = torch.rand(2, 3, RES, RES)
     assert to_float_pixels(f) is f
+
+
+def test_quantizer_stays_float32_under_bf16_autocast():
+    # training runs under autocast (bf16 on GPUs): the code lookup and the EMA statistics must not follow it,
+    # or ids would differ from the float32 tokenization the shards stage does
+    torch.manual_seed(0)
+    q = NormEMAVectorQuantizer(512, 32, restart_every=0)
+    z = torch.randn(4096, 32)  # many near ties among 512 codes: bf16 products flip some argmaxes
+    ids = q.lookup(z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(q.lookup(z), ids)
+    q.train()
+    q.initialized.fill_(1)
+    start = q.codebook.clone()
+    flat = torch.nn.functional.normalize(z, dim=-1)
+    q._ema_update(flat, ids)
+    fp32_codebook = q.codebook.clone()
+    q.codebook.copy_(start)
+    q.cluster_size.zero_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q._ema_update(flat, ids)
+    assert torch.equal(q.codebook, fp32_codebook)
