@@ -13,11 +13,13 @@ byte-identical.
          on batches of `batch_size` rows, `PartWriter` cuts and writes the part files.
   ray    the stage's own `write_shards` (pipelines/data/shards_impl.py), everything timed: planning
          from the corpus files, Ray Data tasks (2 at a time, 1 CPU each) that read their corpus
-         slices and featurize them, part files encoded by the driver. The Ray workers are the
-         ones that built the corpus just before (Ray keeps task workers, as in `omniway run`,
-         where shards follows other Ray Data stages): they have imported Ray Data already, and
-         set up the tokenizer in their first task, timed. `--fresh-ray` restarts Ray before
-         each Ray run instead (brand-new workers: ~2 CPU-seconds of imports each, timed).
+         slices, featurize them and encode whole part files (a part heavier than a worker's
+         share of the work left is cut into chunks, encoded by the driver), the driver
+         writing the files. The Ray workers are the ones that built the corpus just before
+         (Ray keeps task workers, as in `omniway run`, where shards follows other Ray Data
+         stages): they have imported Ray Data already, and set up the tokenizer in their first
+         task, timed. `--fresh-ray` restarts Ray before each Ray run instead (brand-new
+         workers: ~2 CPU-seconds of imports each, timed).
 
 Each path runs `--repeat` times, alternating, and keeps its best time (the machine may be shared;
 interference only ever slows a run). The CPU seconds of each path are printed too (the Ray path's:

@@ -1,22 +1,22 @@
 """Body of the `shards` kind: corpus samples -> model-ready Parquet shards per split.
 
 Flow (Ray Data): the driver plans the output files from the corpus -- `<split>/part-NNNNN.parquet`
-holds rows [N * rows_per_file, (N + 1) * rows_per_file) of the split, in corpus order -- and cuts
-the parts into chunks by estimated cost (whole `batch_size` batches: a chunk of photos holds a
-few dozen rows, a chunk of text paragraphs a whole part), grouped into Ray Data tasks that
-shrink as the work runs out (see `_guided`). Each task reads its row slices of the corpus and
-computes the model columns (text ids, pixels, visual tokens, log-mel) with the per-sample
-`Featurizer`; the driver regroups the rows by chunk and, as soon as a part is complete, encodes
-its Parquet file on a background thread while the tasks go on. A file's bytes depend on its
-rows alone, so two runs give byte-identical shards whatever the scheduling.
+holds rows [N * rows_per_file, (N + 1) * rows_per_file) of the split, in corpus order -- and
+hands them out heaviest first (estimated cost), grouped into Ray Data tasks that shrink as the
+work runs out (see `_guided`). A task reads its row slices of the corpus, computes the model
+columns (text ids, pixels, visual tokens, log-mel) with the per-sample `Featurizer`, encodes
+each whole part it holds and returns the file's bytes; the driver only writes them. A file's
+bytes depend on its rows alone, so two runs give byte-identical shards whatever the scheduling.
 
-Why chunks, not whole part files per worker: a part of 1,024 photos costs ~50x a part of 1,024
-text paragraphs, and a corpus in source order has a few such parts; handing out whole parts left
-one worker alone on the last photo part while the other idled. Parts are handed out heaviest
-first and a part's chunks one after the other, so heavy parts complete (and get encoded) early
-and the last tasks are short. Why tasks, not an actor pool: see `_WORKER_STATE`.
-The price: every featurized row travels to the driver (through the object store: shared memory
-on one node), and the driver spends about a quarter of the stage's CPU compressing the parts.
+Why the worker encodes: the featurized rows are ~5x the encoded file (raw pixels), and
+encoding is about a third of the work; on the driver it was a third process competing for two
+cores, and every row crossed the object store. Why some parts are still cut into chunks: a
+part of 1,024 photos costs ~50x a part of 1,024 text paragraphs, and when one such part is more
+than a worker's share of the work left, handing it out whole leaves the other workers idle at
+the end. Such a part is cut into chunks of whole `batch_size` batches, handed out one after the
+other; their rows travel to the driver (Arrow IPC through the object store), which regroups
+them and encodes that file on a background thread while the tasks go on (see `plan_chunks`).
+Why tasks, not an actor pool: see `_WORKER_STATE`.
 """
 
 from __future__ import annotations
@@ -134,10 +134,16 @@ def _guided(remaining: float, total: float, workers: int) -> float:
 
 
 def plan_chunks(parts: list[dict], batch_size: int, workers: int) -> list[dict]:
-    """Cut parts into chunks of whole `batch_size` batches (counted from the part's first row),
-    in the order they are handed out: parts heaviest first, a part's chunks in row order (so
-    heavy parts complete, and get encoded, early and the cheap text parts come last). A
-    chunk's estimated cost is about `_guided` of the work left when it starts.
+    """Cut parts into chunks, in the order they are handed out: parts heaviest first, a part's
+    chunks in row order (so heavy parts complete early and the cheap text parts come last).
+
+    A part stays whole (one chunk: the worker that featurizes it also encodes its file) while
+    its cost is at most one worker's share of the work left, itself included -- the others
+    then have at least as much to do meanwhile -- or below the task floor of `_guided`. A
+    heavier part is cut into chunks of whole `batch_size` batches (counted from the part's
+    first row) of about `_guided` of the work left each; its rows go to the driver, which
+    encodes the file. On the demo corpus every part stays whole (the heaviest, 1,024 photos,
+    is ~40% of the work); a corpus of two photo parts and a little text cuts the second.
 
     Returns dicts {split, index, chunk, chunks, rows, cost, slices}.
     """
@@ -145,12 +151,13 @@ def plan_chunks(parts: list[dict], batch_size: int, workers: int) -> list[dict]:
     chunks: list[dict] = []
     for part in sorted(parts, key=lambda p: (-p["cost"], p["split"], p["index"])):
         mine, n = [], part["rows"]
+        whole = part["cost"] <= max(remaining / workers, total / (workers * MIN_TASKS_PER_WORKER))
         upto = [0.0, *itertools.accumulate(part["row_costs"])]  # upto[i]: cost of rows [0, i)
         lo = 0
         while lo < n:
             target = _guided(remaining, total, workers)
             hi = lo
-            while hi < n and (hi == lo or upto[hi] - upto[lo] < target):
+            while hi < n and (whole or hi == lo or upto[hi] - upto[lo] < target):
                 hi = min(n, hi + batch_size)
             if upto[n] - upto[hi] < target / 2:  # no small remainder chunk: it would end the part late
                 hi = n
@@ -233,7 +240,6 @@ def read_slices(storage, slices: list[dict], last: dict | None = None) -> list[d
 # process that already ran Ray Data work (the corpus stage, an earlier run) starts at once,
 # where a fresh actor pays ~2 CPU-seconds of imports. One entry: another run's key replaces it.
 _WORKER_STATE: dict = {}
-CHUNK_ID = "chunk_id"  # the column tagging featurized rows with their chunk in the plan
 
 
 def worker_state(spm_model: bytes, cfg: ShardsConfig, storage_uri: str, visual_manifest=None):
@@ -254,30 +260,6 @@ def worker_state(spm_model: bytes, cfg: ShardsConfig, storage_uri: str, visual_m
     return _WORKER_STATE["featurizer"], _WORKER_STATE["storage"], _WORKER_STATE["last_row_group"]
 
 
-def featurize_chunks(batch, *, spm_model: bytes, cfg: ShardsConfig, storage_uri: str,
-                     visual_manifest=None) -> Iterator:
-    """Ray Data task: a batch of tasks (JSON lists of chunk specs) -> the chunks' shards rows,
-    in order, each tagged with its chunk's number in the plan (`chunk_id`; Ray Data may merge
-    or split the yielded tables into blocks, the driver regroups the rows by it).
-
-    Args:
-        batch: pyarrow table with a `chunks` column (JSON list of {id, slices}).
-        spm_model: sentencepiece model bytes.
-        cfg: the shards config.
-        storage_uri: storage root the corpus files live in.
-        visual_manifest: the visual tokenizer's manifest, or None.
-    """
-    import pyarrow as pa
-
-    featurizer, storage, last = worker_state(spm_model, cfg, storage_uri, visual_manifest)
-    for task_json in batch.column("chunks").to_pylist():
-        for spec in json.loads(task_json):
-            table = featurize_table(featurizer, read_slices(storage, spec["slices"], last),
-                                    cfg.batch_size)
-            yield table.append_column(CHUNK_ID, pa.array([spec["id"]] * table.num_rows,
-                                                         pa.int32()))
-
-
 def encode_part(table, plot_samples: int) -> dict:
     """A complete part's table -> {data (the Parquet file), sha256, rows, stats, plots}."""
     import hashlib
@@ -290,17 +272,83 @@ def encode_part(table, plot_samples: int) -> dict:
             "stats": {k: v for k, v in stats.items() if k != "plots"}, "plots": stats["plots"]}
 
 
+def task_output_schema():
+    """What a `featurize_chunks` task yields, one row per chunk: `part`, the pickled
+    `encode_part` result of a whole part (the file's bytes and its stats), or `rows`, an Arrow
+    IPC stream of a cut part's featurized rows for the driver to regroup. One schema for both,
+    so Ray Data may merge a task's rows into blocks freely."""
+    import pyarrow as pa
+
+    return pa.schema([("chunk_id", pa.int32()), ("part", pa.large_binary()),
+                      ("rows", pa.large_binary())])
+
+
+def _binary_cell(data):
+    """A one-value large_binary array over `data` (bytes or pyarrow Buffer), without a copy."""
+    import pyarrow as pa
+
+    if data is None:
+        return pa.nulls(1, pa.large_binary())
+    buf = pa.py_buffer(data)
+    offsets = pa.array([0, buf.size], pa.int64()).buffers()[1]
+    return pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, buf])
+
+
+def _ipc_bytes(table):
+    """A table as one Arrow IPC stream buffer (uncompressed: it stays in this node's memory)."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue()
+
+
+def featurize_chunks(batch, *, spm_model: bytes, cfg: ShardsConfig, storage_uri: str,
+                     visual_manifest=None) -> Iterator:
+    """Ray Data task: a batch of tasks (JSON lists of chunk specs) -> one row per chunk (see
+    `task_output_schema`): a whole part comes back as its encoded Parquet file (~1/5 of the
+    featurized rows' size, and the encoding runs here, in parallel, not on the driver), a chunk
+    of a cut part as its featurized rows.
+
+    Args:
+        batch: pyarrow table with a `chunks` column (JSON list of {id, whole, slices}).
+        spm_model: sentencepiece model bytes.
+        cfg: the shards config.
+        storage_uri: storage root the corpus files live in.
+        visual_manifest: the visual tokenizer's manifest, or None.
+    """
+    import pickle
+
+    import pyarrow as pa
+
+    featurizer, storage, last = worker_state(spm_model, cfg, storage_uri, visual_manifest)
+    out = task_output_schema()
+    for task_json in batch.column("chunks").to_pylist():
+        for spec in json.loads(task_json):
+            table = featurize_table(featurizer, read_slices(storage, spec["slices"], last),
+                                    cfg.batch_size)
+            if spec["whole"]:
+                part = pickle.dumps(encode_part(table, cfg.plot_samples),
+                                    protocol=pickle.HIGHEST_PROTOCOL)
+                rows = None
+            else:
+                part, rows = None, _ipc_bytes(table)
+            yield pa.table([pa.array([spec["id"]], pa.int32()), _binary_cell(part),
+                            _binary_cell(rows)], schema=out)
+
+
 def iter_parts(corpus, spm_model: bytes, cfg: ShardsConfig, splits=schema.SPLITS, visual=None):
-    """Build every part file of the given splits: chunks featurized by Ray Data tasks, parts
-    encoded on a driver thread as they complete.
+    """Build every part file of the given splits with Ray Data tasks: whole parts encoded by
+    the task that featurized them, cut parts regrouped and encoded on a driver thread.
 
     Yields (part spec, result) per part as parts finish (any order); `result` is
     `encode_part`'s dict, `result["data"]` the encoded Parquet file. One dataset for all
     splits, so the workers set up (tokenizers) once.
     """
+    import pickle
     from concurrent.futures import ThreadPoolExecutor
 
-    import numpy as np
     import pyarrow as pa
 
     from pipelines.data.raycompat import ensure_ray, no_ramp_up, task_concurrency
@@ -315,7 +363,8 @@ def iter_parts(corpus, spm_model: bytes, cfg: ShardsConfig, splits=schema.SPLITS
     ray = ensure_ray()
     for i, c in enumerate(chunks):
         c["id"] = i
-    items = [{"chunks": json.dumps([{"id": c["id"], "slices": c["slices"]} for c in task])}
+    items = [{"chunks": json.dumps([{"id": c["id"], "whole": c["chunks"] == 1,
+                                     "slices": c["slices"]} for c in task])}
              for task in tasks]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     # tasks, not an actor pool: see _WORKER_STATE
@@ -324,13 +373,11 @@ def iter_parts(corpus, spm_model: bytes, cfg: ShardsConfig, splits=schema.SPLITS
                                    "storage_uri": corpus.storage_uri, "visual_manifest": visual},
                         num_cpus=1, concurrency=task_concurrency(ray, workers, len(items)))
     ds = no_ramp_up(ds)
-    # the driver regroups rows by chunk id, so output order is free: with Ray Data's default
-    # ordered output (set by ensure_ray) a finished task's rows waited behind a longer earlier task
+    # every chunk carries its id, so output order is free: with Ray Data's default ordered
+    # output (set by ensure_ray) a finished task's parts waited behind a longer earlier task
     ds.context.execution_options.preserve_order = False
-    names = schema.shards_schema().names
-    pieces: dict[int, list] = {}      # chunk id -> its row slices received so far
-    rows_in: Counter = Counter()      # chunk id -> rows received
-    done_chunks: dict[tuple, int] = Counter()   # part key -> chunks complete
+    pieces: dict[int, object] = {}    # chunk id -> featurized rows of a cut part's chunk
+    done_chunks: Counter = Counter()  # part key -> chunks received
     # pyarrow's Parquet writer releases the GIL: encoding overlaps with receiving chunks
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shards-encode") as encoder:
         futures: list = []
@@ -341,28 +388,25 @@ def iter_parts(corpus, spm_model: bytes, cfg: ShardsConfig, splits=schema.SPLITS
                 yield specs[key], fut.result()
 
         for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            if block.num_rows == 0:  # Ray Data may hand over empty blocks: nothing to regroup
-                continue
-            ids = block.column(CHUNK_ID).to_numpy()
-            cuts = [0, *(np.flatnonzero(ids[1:] != ids[:-1]) + 1).tolist(), len(ids)]
-            for a, b in zip(cuts[:-1], cuts[1:]):
-                cid = int(ids[a])
-                pieces.setdefault(cid, []).append(block.slice(a, b - a).select(names))
-                rows_in[cid] += b - a
+            for cid, part, rows in zip(block.column("chunk_id").to_pylist(),
+                                       block.column("part"), block.column("rows")):
                 c = chunks[cid]
-                if rows_in[cid] < c["rows"]:
-                    continue
                 key = (c["split"], c["index"])
                 done_chunks[key] += 1
-                if done_chunks[key] == c["chunks"]:  # the part is complete: encode it
+                if part.is_valid:  # a whole part, encoded by its task
+                    yield specs[key], pickle.loads(part.as_buffer())
+                    continue
+                pieces[cid] = pa.ipc.open_stream(rows.as_buffer()).read_all()
+                if done_chunks[key] == c["chunks"]:  # the cut part is complete: encode it
                     first = cid - c["chunk"]     # a part's chunks have consecutive ids
-                    table = pa.concat_tables([t for i in range(first, first + c["chunks"])
-                                              for t in pieces.pop(i)])
+                    table = pa.concat_tables([pieces.pop(i)
+                                              for i in range(first, first + c["chunks"])])
                     futures.append((key, encoder.submit(encode_part, table, cfg.plot_samples)))
             yield from finished(block=False)
         yield from finished(block=True)
-    if pieces or len(done_chunks) != len(specs):
-        raise RuntimeError("shards: some parts never received all their rows")
+    if pieces or len(done_chunks) != len(specs) or \
+            any(done_chunks[(c["split"], c["index"])] != c["chunks"] for c in chunks):
+        raise RuntimeError("shards: some parts never received all their chunks")
 
 
 def write_shards(corpus, spm_model: bytes, cfg: ShardsConfig, out_dir: str, set_rows=None,

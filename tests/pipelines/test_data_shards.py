@@ -69,6 +69,10 @@ def run(storage, stage, kind, cfg, inputs, key):
     return Manifest(dir=storage.output_dir("t", stage, key), data=data, storage_uri=storage.root)
 
 
+def shards_cfg() -> ShardsConfig:
+    return ShardsConfig(rows_per_file=4, image_resolution=16, max_text_tokens=5, batch_size=3)
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, ray_local):
     root = tmp_path_factory.mktemp("shards")
@@ -80,7 +84,7 @@ def built(tmp_path_factory, ray_local):
     tok_cfg = TextTokenizerConfig(vocab_size=60, seed=1)
     tok = run(storage, "tok", "text-tokenizer", tok_cfg, {"corpus": corpus}, "t1")
     tok2 = run(storage, "tok", "text-tokenizer", tok_cfg, {"corpus": corpus}, "t2")
-    cfg = ShardsConfig(rows_per_file=4, image_resolution=16, max_text_tokens=5, batch_size=3)
+    cfg = shards_cfg()
     inputs = {"corpus": corpus, "tok": tok}
     shards = run(storage, "shards", "shards", cfg, inputs, "s1")
     shards2 = run(storage, "shards", "shards", cfg, inputs, "s2")
@@ -144,6 +148,46 @@ def test_two_shards_runs_are_byte_identical(built):
     _, _, _, a, b = built
     assert a.files == b.files
     assert a.extra == b.extra
+
+
+def test_whole_and_cut_parts_match_a_plain_loop(built, tmp_path):
+    """Parts encoded by their Ray task (whole) and parts cut into chunks and encoded by the
+    driver give the bytes a one-process loop writes for the same rows."""
+    import dataclasses
+
+    import pyarrow as pa
+
+    from pipelines.data.featurize import Featurizer
+    from pipelines.data.shards_impl import plan_chunks, plan_parts, write_shards
+    from pipelines.data.writer import PartWriter
+
+    corpus, tok, _, shards, _ = built
+    spm_model = open(tok.path("text.model"), "rb").read()
+    cfg = ShardsConfig(**{**dataclasses.asdict(shards_cfg()), "plot_samples": 0})
+    loop_dir = tmp_path / "loop"
+    feat = Featurizer(spm_model, cfg)
+    for split in schema.SPLITS:
+        rows = [r for f in corpus.paths(".parquet", prefix=f"{split}/")
+                for r in pq.read_table(f).to_pylist()]
+        writer = PartWriter(str(loop_dir), split, schema.shards_schema(), cfg.rows_per_file)
+        writer.add(pa.Table.from_pylist(feat.rows(rows), schema=schema.shards_schema()))
+        writer.close()
+
+    def files(root):
+        return {f"{s}/{n}": (root / s / n).read_bytes()
+                for s in schema.SPLITS for n in sorted(os.listdir(root / s))}
+
+    expected = files(loop_dir)
+    parts = [p for split in schema.SPLITS for p in plan_parts(corpus, split, cfg.rows_per_file)]
+    for workers in (1, 8):  # one worker: every part whole; eight: the heavy parts are cut
+        chunks = plan_chunks(parts, cfg.batch_size, workers)
+        cut = {(c["split"], c["index"]) for c in chunks if c["chunks"] > 1}
+        assert bool(cut) == (workers == 8), cut
+        out = tmp_path / f"ray{workers}"
+        done = write_shards(corpus, spm_model, dataclasses.replace(cfg, num_workers=workers),
+                            str(out))
+        assert files(out) == expected
+        assert [d["rows"] for d in done] == [len(pq.read_table(out / d["path"])) for d in done]
 
 
 def test_reader_split_modality_mix_and_schema_check(built):
