@@ -20,11 +20,12 @@ PARQUET_ARGS = dict(compression="zstd", compression_level=3, use_dictionary=Fals
                     write_statistics=False, row_group_size=256)
 
 
-def encode_parquet(table: pa.Table) -> bytes:
-    """One part file's bytes (what PartWriter writes for the same rows)."""
+def encode_parquet(table: pa.Table) -> pa.Buffer:
+    """One part file's bytes (what PartWriter writes for the same rows), as the Arrow buffer
+    the writer filled: no copy into a `bytes` (a part of photos is tens of MB)."""
     sink = pa.BufferOutputStream()
     pq.write_table(table.combine_chunks(), sink, **PARQUET_ARGS)
-    return sink.getvalue().to_pybytes()
+    return sink.getvalue()
 
 
 def part_name(index: int) -> str:
