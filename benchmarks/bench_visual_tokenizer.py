@@ -1,6 +1,7 @@
 """Images/s tokenized by the VQ-KD visual tokenizer: Ray Data actors on 2 CPUs vs a plain loop.
 
-Same images (tuxpaint stamps decoded to 224 px, the demo resolution, decoded before any timing),
+Same images (tuxpaint stamps decoded to 224 px, the resolution of real runs -- the demo pipeline
+trains at 112 -- decoded before any timing),
 same weights (a freshly initialised demo-size tokenizer: speed does not depend on training), same
 tokenizer code (`pipelines.visual_tokenizer.encoder.load_local` -> `TokenEncoder`, what the shards
 stage calls), same run:
