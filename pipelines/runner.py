@@ -99,13 +99,16 @@ def connect_ray(spec: PipelineSpec, address: str | None = None) -> bool:
     if not sys.stdout.isatty():
         # Progress bars are for terminals; in logs and CI they are noise.
         env_vars["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
-    runtime_env = {"env_vars": env_vars} if env_vars else None
+    runtime_env = {"env_vars": env_vars} if env_vars else {}
     if target:
-        ray.init(address=target, log_to_driver=True, runtime_env=runtime_env)
+        ray.init(address=target, log_to_driver=True, runtime_env=runtime_env or None)
     else:
+        if not spec.ray.dashboard:  # no State API: see pipelines/ray_logging.py
+            runtime_env["worker_process_setup_hook"] = (
+                "pipelines.ray_logging.quiet_state_api_pollers")
         ray.init(num_cpus=spec.ray.num_cpus, num_gpus=spec.ray.num_gpus,
                  include_dashboard=spec.ray.dashboard, dashboard_host="127.0.0.1",
-                 log_to_driver=True, runtime_env=runtime_env)
+                 log_to_driver=True, runtime_env=runtime_env or None)
     return True
 
 
