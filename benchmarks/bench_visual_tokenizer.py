@@ -111,7 +111,8 @@ def time_ray(directory: str, images: np.ndarray, batch: int, workers: int,
     blocks = [images[i:i + step] for i in range(0, len(images), step)]
     ds = ray.data.from_numpy(blocks)  # column "data"
     ds = ds.map_batches(TokenizeActor, fn_constructor_args=(directory, batch), batch_size=batch,
-                        batch_format="numpy", num_cpus=1, concurrency=workers)
+                        batch_format="numpy", num_cpus=1,
+                        compute=ray.data.ActorPoolStrategy(size=workers))
     no_ramp_up(ds)  # all actors busy from the first block (see pipelines.data.raycompat)
     t = time.perf_counter()
     first, parts = None, []

@@ -74,7 +74,7 @@ def validate_config(cfg: CorpusConfig) -> None:
 def iter_results(cfg: CorpusConfig) -> Iterator[dict]:
     """All result rows of all sources, in a deterministic order (Ray tasks do the work)."""
     from pipelines.data import sources
-    from pipelines.data.raycompat import ensure_ray, no_ramp_up, task_concurrency
+    from pipelines.data.raycompat import ensure_ray, no_ramp_up, task_pool
 
     units = [u for s in cfg.sources for u in sources.plan(s)]
     ray = ensure_ray()
@@ -82,7 +82,7 @@ def iter_results(cfg: CorpusConfig) -> Iterator[dict]:
     ds = ray.data.from_items(units, override_num_blocks=len(units))
     ds = ds.map_batches(read_and_normalize, fn_kwargs={"cfg": cfg}, batch_size=1,
                         batch_format="pyarrow", num_cpus=1,
-                        concurrency=task_concurrency(ray, cfg.num_workers, len(units)))
+                        compute=task_pool(ray, cfg.num_workers, len(units)))
     ds = no_ramp_up(ds)
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         yield from batch.to_pylist()

@@ -24,15 +24,16 @@ def no_ramp_up(ds):
     Ray Data reserves resources per operator so that a long pipeline cannot starve its
     downstream operators; until it has measured a task's output, that reservation holds a
     lone map operator to one task at a time (on 2 CPUs: the second task started after 0.4 -
-    1.1 s, whatever `concurrency` says). A dataset that is one map over items held by the
+    1.1 s, whatever the task pool size says). A dataset that is one map over items held by the
     driver has nothing downstream to protect. Set on this dataset's own context only.
     """
     ds.context.op_resource_reservation_enabled = False
     return ds
 
 
-def task_concurrency(ray, workers: int, units: int) -> int:
-    """How many map tasks to keep submitted at once for `workers` parallel workers.
+def task_pool(ray, workers: int, units: int):
+    """The `compute` strategy of a task map for `workers` parallel workers: a task pool that
+    keeps this many tasks submitted at once.
 
     Ray Data hands out a new task on its next scheduling step after one ends (up to 0.1 s
     later, more on a busy driver), and meanwhile the worker idles: with a few dozen tasks per
@@ -43,5 +44,5 @@ def task_concurrency(ray, workers: int, units: int) -> int:
     """
     workers = max(1, min(workers, units))
     if ray.cluster_resources().get("CPU", 0) <= workers:
-        return min(units, 2 * workers)
-    return workers
+        return ray.data.TaskPoolStrategy(size=min(units, 2 * workers))
+    return ray.data.TaskPoolStrategy(size=workers)

@@ -360,7 +360,7 @@ def iter_parts(corpus, spm_model: bytes, cfg: ShardsConfig, splits=schema.SPLITS
 
     import pyarrow as pa
 
-    from pipelines.data.raycompat import ensure_ray, no_ramp_up, task_concurrency
+    from pipelines.data.raycompat import ensure_ray, no_ramp_up, task_pool
 
     parts = [p for split in splits for p in plan_parts(corpus, split, cfg.rows_per_file)]
     if not parts:
@@ -380,7 +380,7 @@ def iter_parts(corpus, spm_model: bytes, cfg: ShardsConfig, splits=schema.SPLITS
     ds = ds.map_batches(featurize_chunks, batch_size=1, batch_format="pyarrow",
                         fn_kwargs={"spm_model": spm_model, "cfg": cfg,
                                    "storage_uri": corpus.storage_uri, "visual_manifest": visual},
-                        num_cpus=1, concurrency=task_concurrency(ray, workers, len(items)))
+                        num_cpus=1, compute=task_pool(ray, workers, len(items)))
     ds = no_ramp_up(ds)
     # every chunk carries its id, so output order is free: with Ray Data's default ordered
     # output (set by ensure_ray) a finished task's parts waited behind a longer earlier task
