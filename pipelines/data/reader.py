@@ -76,7 +76,9 @@ def read_shards(manifest, split: str = "train", modalities: Optional[Sequence[st
     storage = manifest.storage
     read_cols = None if columns is None else sorted(set(columns) | ({"modalities"} if wanted else set()))
     ds = ray.data.read_parquet(paths, filesystem=None if storage.local else storage._fs,
-                               columns=read_cols, schema=None)
+                               schema=None)
+    if read_cols is not None:  # Ray Data pushes the projection into the read (columns= is deprecated)
+        ds = ds.select_columns(read_cols)
     if wanted:
         ds = ds.map_batches(_has_modalities(wanted, exact), batch_format="pyarrow",
                             batch_size=None)

@@ -21,13 +21,8 @@ from pipelines.manifest import Manifest  # noqa: E402
 from pipelines.storage import Storage  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+# the suite's shared Ray (tests/conftest.py): a second ray.init failed when other tests ran first
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def run(storage, stage, kind, cfg, inputs):
