@@ -26,11 +26,13 @@ from pipelines.storage import Storage  # noqa: E402
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_local():
+    """The suite's shared embedded Ray (tests/conftest.py): started here only if no test
+    started one yet, and left running (a second ray.init fails)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
-    ray.shutdown()
 
 
 def png(size=(24, 16), colour=(10, 200, 30), mode="RGB") -> bytes:
