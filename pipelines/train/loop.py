@@ -19,7 +19,7 @@ import tempfile
 import time
 
 from pipelines.train.engine import TAG, build_engine, loop_clips, use_bf16, zero_stage
-from pipelines.train.streams import Stream
+from pipelines.train.streams import Stream, stream_collate
 from pipelines.train.tracking import RunLogger, loss_curve_png
 
 EXPORT_DIR = "export"  # inside the final checkpoint: what the stage copies to its output
@@ -144,7 +144,7 @@ def train_loop(config: dict) -> None:
 
     sizes = task.stream_batch_sizes()
     streams = {name: Stream(ray.train.get_dataset_shard(f"train-{name}"), name, bs,
-                            (lambda b, n=name: task.collate(n, b)), train.prefetch_batches,
+                            stream_collate(task, name), train.prefetch_batches,
                             state["streams"].get(name))
                for name, bs in sizes.items()}
     val_names = [n for n in config.get("dataset_names", []) if n.startswith("val-")]
@@ -230,7 +230,7 @@ def train_loop(config: dict) -> None:
 
 def _val_iter(shard, task, name: str):
     stream = name[len("val-"):]
-    return shard.iter_torch_batches(batch_size=64, collate_fn=lambda b: task.collate(stream, b), drop_last=False)
+    return shard.iter_torch_batches(batch_size=64, collate_fn=stream_collate(task, stream), drop_last=False)
 
 
 def _save_and_report(task, engine, train, state, metrics, rank: int, *, final: bool, logger) -> None:

@@ -14,6 +14,20 @@ import time
 from typing import Any, Callable
 
 
+def stream_collate(task, stream: str):
+    """``iter_torch_batches``' collate_fn for one stream: numpy rows -> ``task.collate(stream, rows)``.
+
+    A ``NumpyBatchCollateFn`` rather than a plain function: Ray Data (2.47+) deprecates functions here.
+    """
+    from ray.data.collate_fn import NumpyBatchCollateFn
+
+    class StreamCollate(NumpyBatchCollateFn):
+        def __call__(self, batch):
+            return task.collate(stream, batch)
+
+    return StreamCollate()
+
+
 class Stream:
     """One training stream on one worker.
 
