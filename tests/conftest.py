@@ -23,18 +23,27 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 import pytest  # noqa: E402
 
 
-@pytest.fixture
-def local_ray():
-    """An embedded 2-CPU Ray shared by the tests that need one.
-
-    Started on first use and kept until the session ends (starting Ray costs
-    seconds); restarted if a test shut it down.
-    """
+def _shared_ray():
+    """The embedded 2-CPU Ray shared by the tests that need one: started on first use and kept
+    until the session ends (starting Ray costs seconds; a second ray.init fails); restarted if
+    a test shut it down."""
     import ray
 
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
+    return ray
+
+
+@pytest.fixture
+def local_ray():
+    """The shared Ray (see `_shared_ray`), for a test."""
+    yield _shared_ray()
+
+
+@pytest.fixture(scope="module")
+def local_ray_module():
+    """The shared Ray (see `_shared_ray`), for module-scoped fixtures that build data once."""
+    yield _shared_ray()
 
 
 def pytest_sessionfinish(session, exitstatus):

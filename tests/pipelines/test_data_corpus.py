@@ -24,15 +24,7 @@ from pipelines.execute import execute_stage  # noqa: E402
 from pipelines.storage import Storage  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_local():
-    """The suite's shared embedded Ray (tests/conftest.py): started here only if no test
-    started one yet, and left running (a second ray.init fails)."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
+pytestmark = pytest.mark.usefixtures("local_ray_module")  # the suite's shared Ray
 
 
 def png(size=(24, 16), colour=(10, 200, 30), mode="RGB") -> bytes:

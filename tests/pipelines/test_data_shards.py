@@ -24,17 +24,6 @@ from pipelines.manifest import Manifest  # noqa: E402
 from pipelines.storage import Storage  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """The suite's shared embedded Ray (tests/conftest.py): started here only if no test
-    started one yet, and left running (a second ray.init fails)."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-
-
 WORDS = "the quick brown fox jumps over a lazy dog while seven red birds sing softly".split()
 
 
@@ -76,7 +65,7 @@ def shards_cfg() -> ShardsConfig:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, ray_local):
+def built(tmp_path_factory, local_ray_module):
     root = tmp_path_factory.mktemp("shards")
     make_corpus_files(root)
     storage = Storage(str(root / "store"))

@@ -22,17 +22,6 @@ from pipelines.visual_tokenizer.config import TokenizerArch, VisualTokenizerConf
 RES, PATCH, CODES = 32, 8, 16
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """An embedded 2-CPU Ray, shared with the rest of the suite: started here only if
-    no test started one yet, and left running (tests/conftest.py shuts it down)."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-
-
 def run(storage, stage, kind, cfg, inputs, key):
     data = execute_stage(pipeline="t", stage=stage, kind=kind, key=key, config=cfg, config_dict={},
                          inputs=inputs, storage=storage)
@@ -40,7 +29,7 @@ def run(storage, stage, kind, cfg, inputs, key):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, ray_local):
+def built(tmp_path_factory, local_ray_module):
     root = tmp_path_factory.mktemp("vt")
     storage = Storage(str(root / "store"))
     corpus = run(storage, "corpus", "corpus", CorpusConfig(
