@@ -9,8 +9,10 @@ Both paths do the whole `shards` job over the same corpus and write the same fil
 on every row, then Parquet part files of `rows_per_file` rows (zstd). The two outputs must be
 byte-identical.
 
-  loop   one process (this one), the corpus rows already in memory (read untimed): Featurizer.rows
-         on batches of `batch_size` rows, `PartWriter` cuts and writes the part files.
+  loop   one process (this one), the same job as the stage, everything timed: read the corpus
+         files, Featurizer.rows on batches of `batch_size` rows, `PartWriter` cuts and writes the
+         part files, then the sha256 of every file and the counts by modality that the manifest
+         records (the corpus read and the hashing + counts are printed apart).
   ray    the stage's own `write_shards` (pipelines/data/shards_impl.py), everything timed: planning
          from the corpus files, Ray Data tasks (2 at a time, 1 CPU each) that read their corpus
          slices, featurize them and encode whole part files (a part heavier than a worker's
@@ -21,7 +23,8 @@ byte-identical.
          task, timed. `--fresh-ray` restarts Ray before each Ray run instead (brand-new
          workers: ~2 CPU-seconds of imports each, timed).
 
-Each path runs `--repeat` times, alternating, and keeps its best time (the machine may be shared;
+Both paths run with omniway's allocator settings (pipelines/allocator_env.py), as `omniway run`
+sets them for its driver and Ray workers. Each path runs `--repeat` times, alternating, and keeps its best time (the machine may be shared;
 interference only ever slows a run). The CPU seconds of each path are printed too (the Ray path's:
 the driver plus every process of the local Ray -- workers, raylet, GCS), with the ratio that
 `cpus` idle cores would give: a load-independent check of the Ray path's overhead. On a shared
@@ -44,8 +47,12 @@ import os
 import shutil
 import tempfile
 import time
+from collections import Counter
 
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+from pipelines.allocator_env import allocator_env, apply_to_this_process  # noqa: E402
+
+apply_to_this_process()  # before numpy / pyarrow load, as the `omniway` command does
 DEMO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pipelines", "configs",
                     "demo.yaml")
 
@@ -88,25 +95,45 @@ def corpus_rows(corpus) -> list[dict]:
     return rows
 
 
-def loop_shards(corpus_rows_: list[dict], spm_model: bytes, cfg, out_dir: str) -> int:
-    """The single-process baseline: same per-sample code, same part files."""
+def loop_shards(corpus, spm_model: bytes, cfg, out_dir: str) -> dict:
+    """The single-process baseline: the stage's job (corpus files in; part files, their
+    sha256 and counts out) with the same per-sample code and the same part files.
+
+    Returns {rows, sha256: {file: hex}, modalities: Counter, read_s, hash_s}."""
+    import hashlib
+    from collections import Counter
+
     import pyarrow as pa
 
     from pipelines.data import schema
     from pipelines.data.featurize import Featurizer
+    from pipelines.data.shards_impl import part_stats
     from pipelines.data.writer import PartWriter
 
+    t = time.perf_counter()
+    corpus_rows_ = corpus_rows(corpus)
+    read_s = time.perf_counter() - t
     feat = Featurizer(spm_model, cfg)
     sch = schema.shards_schema()
-    n = 0
+    n, files, hash_s, mods = 0, [], 0.0, Counter()
     for split in schema.SPLITS:
         rows = [r for r in corpus_rows_ if r["split"] == split]
         writer = PartWriter(out_dir, split, sch, cfg.rows_per_file)
         for i in range(0, len(rows), cfg.batch_size):
-            writer.add(pa.Table.from_pylist(feat.rows(rows[i:i + cfg.batch_size]), schema=sch))
-        writer.close()
+            table = pa.Table.from_pylist(feat.rows(rows[i:i + cfg.batch_size]), schema=sch)
+            t = time.perf_counter()
+            mods.update(part_stats(table, 0)["modalities"])
+            hash_s += time.perf_counter() - t
+            writer.add(table)
+        files += writer.close()
         n += writer.rows
-    return n
+    t = time.perf_counter()
+    sha = {}
+    for rel in files:
+        with open(os.path.join(out_dir, rel), "rb") as f:
+            sha[rel] = hashlib.sha256(f.read()).hexdigest()
+    hash_s += time.perf_counter() - t
+    return {"rows": n, "sha256": sha, "modalities": mods, "read_s": read_s, "hash_s": hash_s}
 
 
 def file_hashes(root: str) -> dict[str, str]:
@@ -169,7 +196,10 @@ def main() -> None:
     from pipelines.data.raycompat import ensure_ray
     from pipelines.data.shards_impl import write_shards
 
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    # the workers get the allocator settings this process has (see connect_ray)
+    runtime_env = {"env_vars": allocator_env()}
+    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
+             runtime_env=runtime_env)
     ensure_ray()
     root = tempfile.mkdtemp(prefix="omniway-bench-")
     try:
@@ -182,19 +212,21 @@ def main() -> None:
         print(f"samples: {n} ({mods}), rows_per_file {cfg.rows_per_file}")
         assert n >= 1000, "the benchmark needs >= 1,000 samples"
 
-        loop_times, ray_times, cpu = [], [], []
+        loop_times, ray_times, cpu, loop_parts = [], [], [], []
         load_before = os.getloadavg()[0]
         for rep in range(args.repeat):
             # Single-process loop over the same rows: same functions, same files.
             loop_dir = os.path.join(root, f"loop{rep}")
             c, t = time.process_time(), time.perf_counter()
-            loop_rows = loop_shards(rows, spm_model, cfg, loop_dir)
+            loop = loop_shards(corpus, spm_model, cfg, loop_dir)
             loop_times.append(time.perf_counter() - t)
             loop_cpu = time.process_time() - c
+            loop_parts.append((loop["read_s"], loop["hash_s"]))
 
             if args.fresh_ray:  # brand-new workers (untimed: Ray's own start)
                 ray.shutdown()
-                ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+                ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
+                         runtime_env=runtime_env)
                 ensure_ray()
                 time.sleep(3)
             # Ray Data: the shards stage's own path.
@@ -204,9 +236,14 @@ def main() -> None:
             ray_times.append(time.perf_counter() - t)
             cpu.append((loop_cpu, time.process_time() - c, ray_processes_cpu() - rc))
             ray_rows = sum(p["rows"] for p in parts)
-            assert ray_rows == loop_rows == n, (ray_rows, loop_rows, n)
+            assert ray_rows == loop["rows"] == n, (ray_rows, loop["rows"], n)
             loop_files, ray_files = file_hashes(loop_dir), file_hashes(ray_dir)
             assert loop_files == ray_files, "the Ray path and the loop wrote different shards"
+            assert loop["sha256"] == {p["path"]: p["sha256"] for p in parts} == loop_files
+            ray_mods = Counter()
+            for p in parts:
+                ray_mods.update(p["stats"]["modalities"])
+            assert ray_mods == loop["modalities"], (ray_mods, loop["modalities"])
             print(f"run {rep}: loop {loop_times[-1]:.2f}s ({cpu[-1][0]:.2f} CPU-s), ray "
                   f"{ray_times[-1]:.2f}s ({cpu[-1][1]:.2f} CPU-s driver + {cpu[-1][2]:.2f} CPU-s "
                   f"Ray processes)", flush=True)
@@ -229,7 +266,9 @@ def main() -> None:
                                         for i in range(0, len(xs), 1024)], lines)
 
         workers = "fresh Ray" if args.fresh_ray else "workers that built the corpus"
-        print(f"loop: {n / loop_s:.1f} samples/s ({loop_s:.2f}s best of {args.repeat}, 1 process)")
+        read_s, hash_s = loop_parts[loop_times.index(loop_s)]
+        print(f"loop: {n / loop_s:.1f} samples/s ({loop_s:.2f}s best of {args.repeat}, 1 process; "
+              f"of which reading the corpus {read_s:.2f}s, sha256 + counts {hash_s:.2f}s)")
         print(f"ray:  {n / ray_s:.1f} samples/s ({ray_s:.2f}s best of {args.repeat}, {args.cpus} "
               f"tasks at a time on {args.cpus} CPUs, {workers}, per-run setup included; "
               f"{len(ray_files)} part files, identical to the loop's)")

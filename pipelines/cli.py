@@ -175,6 +175,9 @@ def cmd_jobs(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipelines.allocator_env import apply_to_this_process
+
+    apply_to_this_process()  # before numpy / pyarrow load: see pipelines/allocator_env.py
     args = build_parser().parse_args(argv)
     # Pipeline plugins are modules of the user's project: import them from the
     # current directory, as `python -m` would.

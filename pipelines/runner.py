@@ -94,21 +94,23 @@ def connect_ray(spec: PipelineSpec, address: str | None = None) -> bool:
         return False
     import sys
 
+    from pipelines.allocator_env import allocator_env
+
     target = address or os.environ.get("RAY_ADDRESS") or spec.ray.address
-    env_vars = {}
+    env_vars = allocator_env()  # the workers' allocators: see pipelines/allocator_env.py
     if not sys.stdout.isatty():
         # Progress bars are for terminals; in logs and CI they are noise.
         env_vars["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
-    runtime_env = {"env_vars": env_vars} if env_vars else {}
+    runtime_env = {"env_vars": env_vars}
     if target:
-        ray.init(address=target, log_to_driver=True, runtime_env=runtime_env or None)
+        ray.init(address=target, log_to_driver=True, runtime_env=runtime_env)
     else:
         if not spec.ray.dashboard:  # no State API: see pipelines/ray_logging.py
             runtime_env["worker_process_setup_hook"] = (
                 "pipelines.ray_logging.quiet_state_api_pollers")
         ray.init(num_cpus=spec.ray.num_cpus, num_gpus=spec.ray.num_gpus,
                  include_dashboard=spec.ray.dashboard, dashboard_host="127.0.0.1",
-                 log_to_driver=True, runtime_env=runtime_env or None)
+                 log_to_driver=True, runtime_env=runtime_env)
     return True
 
 
