@@ -5,8 +5,10 @@ holds rows [N * rows_per_file, (N + 1) * rows_per_file) of the split, in corpus 
 hands them out heaviest first (estimated cost), grouped into Ray Data tasks that shrink as the
 work runs out (see `_guided`). A task reads its row slices of the corpus, computes the model
 columns (text ids, pixels, visual tokens, log-mel) with the per-sample `Featurizer`, encodes
-each whole part it holds and returns the file's bytes; the driver only writes them. A file's
-bytes depend on its rows alone, so two runs give byte-identical shards whatever the scheduling.
+each whole part it holds: a task on the driver's node writes the file into the stage's
+output directory itself and returns its sha256 and counts; a task on another node returns the
+file's bytes, which the driver writes. A file's bytes depend on its rows alone, so two runs
+give byte-identical shards whatever the scheduling.
 
 Why the worker encodes: the featurized rows are ~5x the encoded file (raw pixels), and
 encoding is about a third of the work; on the driver it was a third process competing for two
@@ -273,10 +275,36 @@ def encode_part(table, plot_samples: int) -> dict:
             "stats": {k: v for k, v in stats.items() if k != "plots"}, "plots": stats["plots"]}
 
 
+def write_part(table, path: str, plot_samples: int) -> dict:
+    """A complete part's table -> the Parquet file at `path` (written under a temporary name,
+    then renamed: a retried task rewrites it whole); returns `encode_part`'s dict without
+    `data`. The same bytes as `encode_part`'s.
+
+    Why a file and not `encode_part` when the task runs beside the output directory: the
+    in-memory file grows by doubling (fresh memory for tens of MB per part of photos), is
+    copied into the object store, read and written again by the driver. Written here, it goes
+    through the page cache once, as the single-process `PartWriter` writes it."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    from pipelines.data.writer import PARQUET_ARGS
+
+    tmp = f"{path}.tmp-{os.getpid()}"
+    pq.write_table(table.combine_chunks(), tmp, **PARQUET_ARGS)
+    with open(tmp, "rb") as f:
+        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    os.replace(tmp, path)
+    stats = part_stats(table, plot_samples)
+    return {"sha256": sha256, "rows": table.num_rows,
+            "stats": {k: v for k, v in stats.items() if k != "plots"}, "plots": stats["plots"]}
+
+
 def task_output_schema():
-    """What a `featurize_chunks` task yields, one row per chunk: for a whole part, `file` (the
-    encoded Parquet file) and `part` (the rest of `encode_part`'s result, pickled: sha256,
-    rows, stats, plots); for a chunk of a cut part, `rows`, an Arrow IPC stream of its
+    """What a `featurize_chunks` task yields, one row per chunk: for a whole part, `part`
+    (`encode_part`'s result but the file, pickled: sha256, rows, stats, plots) and `file`, the
+    encoded Parquet file, or null when the task wrote it into the output directory itself
+    (see `write_part`); for a chunk of a cut part, `rows`, an Arrow IPC stream of its
     featurized rows for the driver to regroup. One schema for both, so Ray Data may merge a
     task's rows into blocks freely.
 
@@ -313,11 +341,12 @@ def _ipc_bytes(table):
 
 
 def featurize_chunks(batch, *, spm_model: bytes, cfg: ShardsConfig, storage_uri: str,
-                     visual_manifest=None) -> Iterator:
+                     visual_manifest=None, out=None) -> Iterator:
     """Ray Data task: a batch of tasks (JSON lists of chunk specs) -> one row per chunk (see
-    `task_output_schema`): a whole part comes back as its encoded Parquet file (~1/5 of the
-    featurized rows' size, and the encoding runs here, in parallel, not on the driver), a chunk
-    of a cut part as its featurized rows.
+    `task_output_schema`): a whole part is encoded here, in parallel, not on the driver, and
+    written by this task when it runs on the driver's node (`out`), else sent back as its
+    encoded Parquet file (~1/5 of the featurized rows' size); a chunk of a cut part comes back
+    as its featurized rows.
 
     Args:
         batch: pyarrow table with a `chunks` column (JSON list of {id, whole, slices}).
@@ -325,35 +354,53 @@ def featurize_chunks(batch, *, spm_model: bytes, cfg: ShardsConfig, storage_uri:
         cfg: the shards config.
         storage_uri: storage root the corpus files live in.
         visual_manifest: the visual tokenizer's manifest, or None.
+        out: (driver's node id, output directory) to write whole parts into when this task
+            runs on that node, or None (send every file back).
     """
     import pickle
 
     import pyarrow as pa
 
     featurizer, storage, last = worker_state(spm_model, cfg, storage_uri, visual_manifest)
-    out = task_output_schema()
+    out_dir = None
+    if out is not None and out[0] == _node_id():
+        out_dir = out[1]
+    sch = task_output_schema()
     for task_json in batch.column("chunks").to_pylist():
         for spec in json.loads(task_json):
             table = featurize_table(featurizer, read_slices(storage, spec["slices"], last),
                                     cfg.batch_size)
-            if spec["whole"]:
+            file = part = rows = None
+            if spec["whole"] and out_dir is not None:
+                os.makedirs(os.path.join(out_dir, spec["split"]), exist_ok=True)
+                res = write_part(table, os.path.join(out_dir, spec["path"]), cfg.plot_samples)
+                part = pickle.dumps(res, protocol=pickle.HIGHEST_PROTOCOL)
+            elif spec["whole"]:
                 res = encode_part(table, cfg.plot_samples)
                 file = res.pop("data")
-                part, rows = pickle.dumps(res, protocol=pickle.HIGHEST_PROTOCOL), None
+                part = pickle.dumps(res, protocol=pickle.HIGHEST_PROTOCOL)
             else:
-                file, part, rows = None, None, _ipc_bytes(table)
+                rows = _ipc_bytes(table)
             yield pa.table([pa.array([spec["id"]], pa.int32()), _binary_cell(file),
-                            _binary_cell(part), _binary_cell(rows)], schema=out)
+                            _binary_cell(part), _binary_cell(rows)], schema=sch)
 
 
-def iter_parts(corpus, spm_model: bytes, cfg: ShardsConfig, splits=schema.SPLITS, visual=None):
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+def iter_parts(corpus, spm_model: bytes, cfg: ShardsConfig, splits=schema.SPLITS, visual=None,
+               out_dir: str | None = None):
     """Build every part file of the given splits with Ray Data tasks: whole parts encoded by
     the task that featurized them, cut parts regrouped and encoded on a driver thread.
 
     Yields (part spec, result) per part as parts finish (any order); `result` is
-    `encode_part`'s dict, `result["data"]` the encoded Parquet file (an Arrow buffer, often a
-    view into the object-store block it came in). One dataset for all
-    splits, so the workers set up (tokenizers) once.
+    `encode_part`'s dict: `result["data"]` is the encoded Parquet file (an Arrow buffer, often
+    a view into the object-store block it came in), or None when a task on this node already
+    wrote it to `<out_dir>/<split>/part-NNNNN.parquet` (only with `out_dir`). One dataset for
+    all splits, so the workers set up (tokenizers) once.
     """
     import pickle
     from concurrent.futures import ThreadPoolExecutor
@@ -361,6 +408,7 @@ def iter_parts(corpus, spm_model: bytes, cfg: ShardsConfig, splits=schema.SPLITS
     import pyarrow as pa
 
     from pipelines.data.raycompat import ensure_ray, no_ramp_up, task_pool
+    from pipelines.data.writer import part_name
 
     parts = [p for split in splits for p in plan_parts(corpus, split, cfg.rows_per_file)]
     if not parts:
@@ -373,13 +421,17 @@ def iter_parts(corpus, spm_model: bytes, cfg: ShardsConfig, splits=schema.SPLITS
     for i, c in enumerate(chunks):
         c["id"] = i
     items = [{"chunks": json.dumps([{"id": c["id"], "whole": c["chunks"] == 1,
+                                     "split": c["split"],
+                                     "path": f"{c['split']}/{part_name(c['index'])}",
                                      "slices": c["slices"]} for c in task])}
              for task in tasks]
+    out = None if out_dir is None else (ray.get_runtime_context().get_node_id(), out_dir)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     # tasks, not an actor pool: see _WORKER_STATE
     ds = ds.map_batches(featurize_chunks, batch_size=1, batch_format="pyarrow",
                         fn_kwargs={"spm_model": spm_model, "cfg": cfg,
-                                   "storage_uri": corpus.storage_uri, "visual_manifest": visual},
+                                   "storage_uri": corpus.storage_uri, "visual_manifest": visual,
+                                   "out": out},
                         num_cpus=1, compute=task_pool(ray, workers, len(items)))
     ds = no_ramp_up(ds)
     # every chunk carries its id, so output order is free: with Ray Data's default ordered
@@ -403,9 +455,10 @@ def iter_parts(corpus, spm_model: bytes, cfg: ShardsConfig, splits=schema.SPLITS
                 c = chunks[cid]
                 key = (c["split"], c["index"])
                 done_chunks[key] += 1
-                if part.is_valid:  # a whole part, encoded by its task
+                if part.is_valid:  # a whole part, encoded (and maybe written) by its task
                     # the file stays in the block (the object store's memory) until written
-                    yield specs[key], {**pickle.loads(part.as_buffer()), "data": file.as_buffer()}
+                    yield specs[key], {**pickle.loads(part.as_buffer()),
+                                       "data": file.as_buffer() if file.is_valid else None}
                     continue
                 pieces[cid] = pa.ipc.open_stream(rows.as_buffer()).read_all()
                 if done_chunks[key] == c["chunks"]:  # the cut part is complete: encode it
@@ -420,25 +473,29 @@ def iter_parts(corpus, spm_model: bytes, cfg: ShardsConfig, splits=schema.SPLITS
 
 
 def write_shards(corpus, spm_model: bytes, cfg: ShardsConfig, out_dir: str, set_rows=None,
-                 splits=schema.SPLITS, visual=None) -> list[dict]:
-    """Write `<split>/part-NNNNN.parquet` under out_dir; returns the results sorted by
-    (split, index), each {split, index, path, rows, sha256, stats, plots} without the bytes."""
+                 splits=schema.SPLITS, visual=None, local_writes: bool = True) -> list[dict]:
+    """Write `<split>/part-NNNNN.parquet` under out_dir (a directory on this node); returns
+    the results sorted by (split, index), each {split, index, path, rows, sha256, stats,
+    plots, written_by_task} without the bytes. With `local_writes`, tasks on this node write their whole parts
+    there themselves; without, every file comes back to this process (as from other nodes)."""
     from pipelines.data.writer import part_name
 
     done = []
-    for spec, res in iter_parts(corpus, spm_model, cfg, splits, visual):
+    for spec, res in iter_parts(corpus, spm_model, cfg, splits, visual,
+                                out_dir if local_writes else None):
         if res["rows"] != spec["rows"]:
             raise RuntimeError(f"shards: part {spec['split']}/{spec['index']} has {res['rows']} "
                                f"rows, planned {spec['rows']}")
         rel = f"{spec['split']}/{part_name(spec['index'])}"
-        os.makedirs(os.path.join(out_dir, spec["split"]), exist_ok=True)
-        with open(os.path.join(out_dir, rel), "wb") as f:
-            f.write(res["data"])
+        if res["data"] is not None:
+            os.makedirs(os.path.join(out_dir, spec["split"]), exist_ok=True)
+            with open(os.path.join(out_dir, rel), "wb") as f:
+                f.write(res["data"])
         if set_rows:
             set_rows(rel, res["rows"])
         done.append({"split": spec["split"], "index": spec["index"], "path": rel,
                      "rows": res["rows"], "sha256": res["sha256"], "stats": res["stats"],
-                     "plots": res["plots"]})
+                     "plots": res["plots"], "written_by_task": res["data"] is None})
     done.sort(key=lambda r: (splits.index(r["split"]), r["index"]))
     return done
 

@@ -142,9 +142,11 @@ def test_two_shards_runs_are_byte_identical(built):
 
 
 def test_whole_and_cut_parts_match_a_plain_loop(built, tmp_path):
-    """Parts encoded by their Ray task (whole) and parts cut into chunks and encoded by the
-    driver give the bytes a one-process loop writes for the same rows."""
+    """Parts encoded by their Ray task (whole: written by the task, or sent to the driver) and
+    parts cut into chunks and encoded by the driver give the bytes a one-process loop writes
+    for the same rows, and the manifest's sha256 is that of the file."""
     import dataclasses
+    import hashlib
 
     import pyarrow as pa
 
@@ -170,15 +172,24 @@ def test_whole_and_cut_parts_match_a_plain_loop(built, tmp_path):
 
     expected = files(loop_dir)
     parts = [p for split in schema.SPLITS for p in plan_parts(corpus, split, cfg.rows_per_file)]
-    for workers in (1, 8):  # one worker: every part whole; eight: the heavy parts are cut
+    # one worker: every part whole; eight: the heavy parts are cut. Whole parts are written by
+    # their tasks (on this node) or, as from another node, sent back to the driver.
+    for workers, local_writes in ((1, True), (8, True), (1, False)):
         chunks = plan_chunks(parts, cfg.batch_size, workers)
         cut = {(c["split"], c["index"]) for c in chunks if c["chunks"] > 1}
         assert bool(cut) == (workers == 8), cut
-        out = tmp_path / f"ray{workers}"
+        out = tmp_path / f"ray{workers}-{local_writes}"
         done = write_shards(corpus, spm_model, dataclasses.replace(cfg, num_workers=workers),
-                            str(out))
+                            str(out), local_writes=local_writes)
         assert files(out) == expected
         assert [d["rows"] for d in done] == [len(pq.read_table(out / d["path"])) for d in done]
+        assert [d["sha256"] for d in done] == [hashlib.sha256(expected[d["path"]]).hexdigest()
+                                               for d in done]
+        assert not [p for p in out.rglob("*") if ".tmp-" in p.name]  # no temporary file left
+        by_task = {d["path"] for d in done if d["written_by_task"]}
+        whole = {f"{d['split']}/part-{d['index']:05d}.parquet" for d in done
+                 if (d["split"], d["index"]) not in cut}
+        assert by_task == (whole if local_writes else set()), (by_task, whole)
 
 
 def test_reader_split_modality_mix_and_schema_check(built):
