@@ -15,17 +15,18 @@ byte-identical.
          records (the corpus read and the hashing + counts are printed apart).
   ray    the stage's own `write_shards` (pipelines/data/shards_impl.py), everything timed: planning
          from the corpus files, Ray Data tasks (2 at a time, 1 CPU each) that read their corpus
-         slices, featurize them and encode whole part files (a part heavier than a worker's
-         share of the work left is cut into chunks, encoded by the driver), the driver
-         writing the files. The Ray workers are the ones that built the corpus just before
+         slices, featurize them and write whole part files with their sha256 (a part heavier
+         than a worker's share of the work left is cut into chunks, which the driver encodes
+         and writes). The Ray workers are the ones that built the corpus just before
          (Ray keeps task workers, as in `omniway run`, where shards follows other Ray Data
          stages): they have imported Ray Data already, and set up the tokenizer in their first
          task, timed. `--fresh-ray` restarts Ray before each Ray run instead (brand-new
          workers: ~2 CPU-seconds of imports each, timed).
 
 Both paths run with omniway's allocator settings (pipelines/allocator_env.py), as `omniway run`
-sets them for its driver and Ray workers. Each path runs `--repeat` times, alternating, and keeps its best time (the machine may be shared;
-interference only ever slows a run). The CPU seconds of each path are printed too (the Ray path's:
+sets them for its driver and Ray workers. Each path runs `--repeat` times, alternating, and
+keeps its best time (the machine may be shared; interference only ever slows a run; the
+first run of either path is slower, faulting in its memory). The CPU seconds of each path are printed too (the Ray path's:
 the driver plus every process of the local Ray -- workers, raylet, GCS), with the ratio that
 `cpus` idle cores would give: a load-independent check of the Ray path's overhead. On a shared
 Linux machine with sched_autogroup on, CPU is shared per session first: while other sessions are
@@ -34,7 +35,7 @@ share, so only a run on an otherwise idle machine shows what the second core buy
 average is printed around the timed runs. Also measured single-process (= per core, CPU time,
 best of 3): images/s for decode + resize + pixels, and sentencepiece lines/s (batches of 1024).
 
-    .venv/bin/python benchmarks/bench_prepare.py [--cpus 2] [--docs N] [--repeat 2] [--fresh-ray]
+    .venv/bin/python benchmarks/bench_prepare.py [--cpus 2] [--docs N] [--repeat 3] [--fresh-ray]
 
 Last line: `ray_over_loop: <ratio>` (targets: >= 1.6 on 2 cores; >= 100 images/s per
 core; >= 40,000 lines/s per core).
@@ -184,7 +185,7 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=2)
     ap.add_argument("--docs", type=int, default=None,
                     help="python doc pages in the corpus (default: the demo's max_files)")
-    ap.add_argument("--repeat", type=int, default=2, help="runs of each path; the best counts")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each path; the best counts")
     ap.add_argument("--fresh-ray", action="store_true",
                     help="restart Ray before each Ray run (brand-new worker processes)")
     args = ap.parse_args()
