@@ -270,8 +270,13 @@ def encode_part(table, plot_samples: int) -> dict:
     from pipelines.data.writer import encode_parquet
 
     data = encode_parquet(table)
+    return {"data": data, **_part_result(table, hashlib.sha256(data).hexdigest(), plot_samples)}
+
+
+def _part_result(table, sha256: str, plot_samples: int) -> dict:
+    """{sha256, rows, stats, plots} of a complete part's table and file."""
     stats = part_stats(table, plot_samples)
-    return {"data": data, "sha256": hashlib.sha256(data).hexdigest(), "rows": table.num_rows,
+    return {"sha256": sha256, "rows": table.num_rows,
             "stats": {k: v for k, v in stats.items() if k != "plots"}, "plots": stats["plots"]}
 
 
@@ -295,9 +300,7 @@ def write_part(table, path: str, plot_samples: int) -> dict:
     with open(tmp, "rb") as f:
         sha256 = hashlib.file_digest(f, "sha256").hexdigest()
     os.replace(tmp, path)
-    stats = part_stats(table, plot_samples)
-    return {"sha256": sha256, "rows": table.num_rows,
-            "stats": {k: v for k, v in stats.items() if k != "plots"}, "plots": stats["plots"]}
+    return _part_result(table, sha256, plot_samples)
 
 
 def task_output_schema():
@@ -349,7 +352,8 @@ def featurize_chunks(batch, *, spm_model: bytes, cfg: ShardsConfig, storage_uri:
     as its featurized rows.
 
     Args:
-        batch: pyarrow table with a `chunks` column (JSON list of {id, whole, slices}).
+        batch: pyarrow table with a `chunks` column (JSON list of {id, whole, split, path,
+            slices}; `path`: the part file's path under the output directory).
         spm_model: sentencepiece model bytes.
         cfg: the shards config.
         storage_uri: storage root the corpus files live in.
