@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,7 @@ class StageContext:
     extra: dict[str, Any] = field(default_factory=dict)
     schema_version: str | None = None
     _client: Any = field(default=None, repr=False)
+    _scratch: list[str] = field(default_factory=list, repr=False)
 
     # -- inputs ------------------------------------------------------------
     def input(self, kind: str) -> Manifest:
@@ -68,8 +70,17 @@ class StageContext:
         self.rows[rel_path] = int(rows)
 
     def scratch_dir(self) -> str:
-        """A local temporary directory that is not part of the output."""
-        return tempfile.mkdtemp(prefix=f"omniway-{self.stage}-scratch-")
+        """A local temporary directory that is not part of the output; removed when the
+        stage ends (`remove_scratch`), so log what it holds before returning."""
+        path = tempfile.mkdtemp(prefix=f"omniway-{self.stage}-scratch-")
+        self._scratch.append(path)
+        return path
+
+    def remove_scratch(self) -> None:
+        """Delete every scratch directory this stage made (the runner calls it, whatever
+        the stage's outcome)."""
+        while self._scratch:
+            shutil.rmtree(self._scratch.pop(), ignore_errors=True)
 
     # -- tracking ----------------------------------------------------------
     @property

@@ -72,6 +72,8 @@ def execute_stage(*, pipeline: str, stage: str, kind: str, key: str, config: Any
     except BaseException:
         storage.discard(work_dir)
         raise
+    finally:
+        ctx.remove_scratch()
     if not storage.commit(work_dir, output_dir, data, replace=forced):
         # Another run of the same pipeline committed this key first; its output
         # is equivalent, and it is the one on disk, so report that one.
