@@ -46,6 +46,7 @@ class StageContext:
     forced: bool = False
     # Filled by the stage, read by the runner when it writes the manifest.
     rows: dict[str, int] = field(default_factory=dict)
+    sha256: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     schema_version: str | None = None
     _client: Any = field(default=None, repr=False)
@@ -65,9 +66,13 @@ class StageContext:
         return [m for m in self.inputs.values() if m.kind == kind]
 
     # -- outputs -----------------------------------------------------------
-    def set_rows(self, rel_path: str, rows: int) -> None:
-        """Record the row count of one output file (goes into the manifest)."""
+    def set_rows(self, rel_path: str, rows: int, sha256: str | None = None) -> None:
+        """Record the row count of one output file (goes into the manifest), and its sha256
+        when the stage already has it (the hash of the file's final bytes: a parallel writer
+        computes it where it wrote the file, and the runner does not read the file again)."""
         self.rows[rel_path] = int(rows)
+        if sha256 is not None:
+            self.sha256[rel_path] = sha256
 
     def scratch_dir(self) -> str:
         """A local temporary directory that is not part of the output; removed when the

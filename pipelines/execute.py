@@ -49,7 +49,7 @@ def execute_stage(*, pipeline: str, stage: str, kind: str, key: str, config: Any
         if not isinstance(metrics, dict):
             raise TypeError(f"stage kind {kind!r} returned {type(metrics).__name__}, "
                             "expected a dict of metrics")
-        files = describe_files(work_dir, ctx.rows)
+        files = describe_files(work_dir, ctx.rows, ctx.sha256)
         data = {
             "format": MANIFEST_FORMAT,
             "pipeline": pipeline,

@@ -36,9 +36,12 @@ def fingerprint_of(key: str, files: list[dict]) -> str:
     return h.hexdigest()[:32]
 
 
-def describe_files(work_dir: str, rows: dict[str, int] | None = None) -> list[dict]:
-    """List every file under `work_dir` (sorted, relative, hashed)."""
+def describe_files(work_dir: str, rows: dict[str, int] | None = None,
+                   known_sha256: dict[str, str] | None = None) -> list[dict]:
+    """List every file under `work_dir` (sorted, relative, hashed). `known_sha256` holds
+    hashes the stage computed as it wrote (relative path -> hex); other files are read."""
     rows = rows or {}
+    known_sha256 = known_sha256 or {}
     entries = []
     for dirpath, dirnames, filenames in os.walk(work_dir):
         dirnames.sort()
@@ -48,13 +51,13 @@ def describe_files(work_dir: str, rows: dict[str, int] | None = None) -> list[di
             if rel.startswith("_manifest.json"):
                 continue
             entry: dict[str, Any] = {"path": rel, "size": os.path.getsize(full),
-                                     "sha256": sha256_file(full)}
+                                     "sha256": known_sha256.get(rel) or sha256_file(full)}
             if rel in rows:
                 entry["rows"] = int(rows[rel])
             entries.append(entry)
-    unknown = set(rows) - {e["path"] for e in entries}
+    unknown = (set(rows) | set(known_sha256)) - {e["path"] for e in entries}
     if unknown:
-        raise ValueError(f"row counts given for files the stage did not write: {sorted(unknown)}")
+        raise ValueError(f"row counts or hashes given for files the stage did not write: {sorted(unknown)}")
     return entries
 
 

@@ -480,10 +480,14 @@ def write_shards(corpus, spm_model: bytes, cfg: ShardsConfig, out_dir: str, set_
                  splits=schema.SPLITS, visual=None, local_writes: bool = True) -> list[dict]:
     """Write `<split>/part-NNNNN.parquet` under out_dir (a directory on this node); returns
     the results sorted by (split, index), each {split, index, path, rows, sha256, stats,
-    plots, written_by_task} without the bytes. With `local_writes`, tasks on this node write their whole parts
-    there themselves; without, every file comes back to this process (as from other nodes)."""
+    plots, written_by_task} without the bytes. With `local_writes`, tasks on this node write
+    their whole parts there themselves; without, every file comes back to this process (as
+    from other nodes). `set_rows(path, rows, sha256)` records each file for the manifest."""
+    import glob
+
     from pipelines.data.writer import part_name
 
+    out_dir = os.path.abspath(out_dir)  # the tasks' working directory is not this one
     done = []
     for spec, res in iter_parts(corpus, spm_model, cfg, splits, visual,
                                 out_dir if local_writes else None):
@@ -496,10 +500,14 @@ def write_shards(corpus, spm_model: bytes, cfg: ShardsConfig, out_dir: str, set_
             with open(os.path.join(out_dir, rel), "wb") as f:
                 f.write(res["data"])
         if set_rows:
-            set_rows(rel, res["rows"])
+            set_rows(rel, res["rows"], res["sha256"])
         done.append({"split": spec["split"], "index": spec["index"], "path": rel,
                      "rows": res["rows"], "sha256": res["sha256"], "stats": res["stats"],
                      "plots": res["plots"], "written_by_task": res["data"] is None})
+    # A worker killed between writing a part's temporary file and renaming it leaves that file
+    # behind (its retry writes another): not part of the output.
+    for stray in glob.glob(os.path.join(glob.escape(out_dir), "*", "*.parquet.tmp-*")):
+        os.remove(stray)
     done.sort(key=lambda r: (splits.index(r["split"]), r["index"]))
     return done
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 
@@ -112,6 +113,9 @@ def test_shards_columns_and_manifest(built):
     assert shards.extra["tokenizers"]["text"]["sha256"] == tok.extra["tokenizer"]["sha256"]
     train = [f for f in shards.files if f["path"].startswith("train/")]
     assert all(f["rows"] == 4 for f in train[:-1]) and 1 <= train[-1]["rows"] <= 4
+    for f in shards.files:  # hashes the tasks computed as they wrote are the files' own
+        with shards.open(f["path"]) as fh:
+            assert f["sha256"] == hashlib.sha256(fh.read()).hexdigest(), f["path"]
     table = pq.read_table(shards.path(train[0]["path"]))
     assert table.schema.equals(schema.shards_schema())
     corpus_rows = {r["sample_id"]: r for f in corpus.paths(".parquet", prefix="train/")
@@ -146,7 +150,6 @@ def test_whole_and_cut_parts_match_a_plain_loop(built, tmp_path):
     parts cut into chunks and encoded by the driver give the bytes a one-process loop writes
     for the same rows, and the manifest's sha256 is that of the file."""
     import dataclasses
-    import hashlib
 
     import pyarrow as pa
 
@@ -179,6 +182,9 @@ def test_whole_and_cut_parts_match_a_plain_loop(built, tmp_path):
         cut = {(c["split"], c["index"]) for c in chunks if c["chunks"] > 1}
         assert bool(cut) == (workers == 8), cut
         out = tmp_path / f"ray{workers}-{local_writes}"
+        # what a worker killed before renaming its temporary file leaves behind
+        (out / "train").mkdir(parents=True)
+        (out / "train" / "part-00000.parquet.tmp-4242").write_bytes(b"partial")
         done = write_shards(corpus, spm_model, dataclasses.replace(cfg, num_workers=workers),
                             str(out), local_writes=local_writes)
         assert files(out) == expected
