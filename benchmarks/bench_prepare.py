@@ -51,9 +51,12 @@ import time
 from collections import Counter
 
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-from pipelines.allocator_env import allocator_env, apply_to_this_process  # noqa: E402
+from pipelines.allocator_env import apply_to_this_process  # noqa: E402
+from pipelines.data.raycompat import FIXED_SIZE_ENV  # noqa: E402
 
 apply_to_this_process()  # before numpy / pyarrow load, as the `omniway` command does
+# this process plays the stage's (it calls write_shards) on an embedded Ray, as `omniway run` does
+os.environ[FIXED_SIZE_ENV] = "1"
 DEMO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pipelines", "configs",
                     "demo.yaml")
 
@@ -196,9 +199,10 @@ def main() -> None:
     from pipelines.data.image import image_pixels
     from pipelines.data.raycompat import ensure_ray
     from pipelines.data.shards_impl import write_shards
+    from pipelines.runner import ray_runtime_env
 
-    # the workers get the allocator settings this process has (see connect_ray)
-    runtime_env = {"env_vars": allocator_env()}
+    # the workers get what `omniway run`'s embedded Ray gives them (see connect_ray)
+    runtime_env = ray_runtime_env(embedded=True, dashboard=False)
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
              runtime_env=runtime_env)
     ensure_ray()

@@ -3,7 +3,8 @@
 Both libraries read them from the environment when they start (NumPy on import, Arrow's
 mimalloc on its first allocation), so they travel as environment variables: `connect_ray`
 gives them to the job's workers (runtime_env `env_vars`), and the `omniway` command sets them
-for itself before it imports either library. A variable already in the environment wins.
+for itself before it imports either library. A value already set in the environment of
+the process that calls `connect_ray`, or in a submitted job's runtime env, wins.
 
 Why: a data worker allocates and frees hundreds of MB per part file (featurized rows,
 Parquet buffers, decoded audio). Handing that memory back to the OS and faulting it in again

@@ -92,26 +92,50 @@ def connect_ray(spec: PipelineSpec, address: str | None = None) -> bool:
 
     if ray.is_initialized():
         return False
-    import sys
-
-    from pipelines.allocator_env import allocator_env
-
     target = address or os.environ.get("RAY_ADDRESS") or spec.ray.address
-    env_vars = allocator_env()  # the workers' allocators: see pipelines/allocator_env.py
-    if not sys.stdout.isatty():
-        # Progress bars are for terminals; in logs and CI they are noise.
-        env_vars["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
-    runtime_env = {"env_vars": env_vars}
+    runtime_env = ray_runtime_env(embedded=not target, dashboard=spec.ray.dashboard)
     if target:
         ray.init(address=target, log_to_driver=True, runtime_env=runtime_env)
     else:
-        if not spec.ray.dashboard:  # no State API: see pipelines/ray_logging.py
-            runtime_env["worker_process_setup_hook"] = (
-                "pipelines.ray_logging.quiet_state_api_pollers")
         ray.init(num_cpus=spec.ray.num_cpus, num_gpus=spec.ray.num_gpus,
                  include_dashboard=spec.ray.dashboard, dashboard_host="127.0.0.1",
                  log_to_driver=True, runtime_env=runtime_env)
     return True
+
+
+# Where Ray puts a submitted job's own settings (`ray job submit --runtime-env`, a RayJob's
+# runtimeEnvYAML) for the job's driver to merge with its `ray.init(runtime_env=...)`.
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def ray_runtime_env(*, embedded: bool, dashboard: bool) -> dict:
+    """The job-level runtime env `connect_ray` gives `ray.init`: environment variables for
+    every worker (allocators, progress bars, whether the cluster is the embedded one), and
+    for an embedded Ray without a dashboard the logging set-up of pipelines/ray_logging.py.
+
+    A variable the submitted job's runtime env already sets is left to it: Ray refuses a
+    `ray.init` runtime env that repeats one (even with the same value), and the job's is the
+    user's choice.
+    """
+    import json
+    import sys
+
+    from pipelines.allocator_env import allocator_env
+    from pipelines.data.raycompat import FIXED_SIZE_ENV
+
+    env_vars = allocator_env()  # the workers' allocators: see pipelines/allocator_env.py
+    if not sys.stdout.isatty():
+        # Progress bars are for terminals; in logs and CI they are noise.
+        env_vars["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
+    if embedded:  # a local Ray of `num_cpus` that no autoscaler grows: see raycompat.task_pool
+        env_vars[FIXED_SIZE_ENV] = "1"
+    job = json.loads(os.environ.get(JOB_CONFIG_ENV) or "{}").get("runtime_env") or {}
+    for key in job.get("env_vars") or {}:
+        env_vars.pop(key, None)
+    runtime_env: dict = {"env_vars": env_vars}
+    if embedded and not dashboard:  # no State API: see pipelines/ray_logging.py
+        runtime_env["worker_process_setup_hook"] = "pipelines.ray_logging.quiet_state_api_pollers"
+    return runtime_env
 
 
 def _error_text(exc: BaseException) -> str:

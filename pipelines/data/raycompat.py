@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 def ensure_ray():
     """Attach to the runner's Ray; in-process use (tests, scripts) gets a local one.
@@ -31,21 +33,33 @@ def no_ramp_up(ds):
     return ds
 
 
+# Set (to "1") in every worker of the embedded local Ray `omniway run` starts (see
+# runner.ray_runtime_env): a cluster of fixed size, which no autoscaler grows.
+FIXED_SIZE_ENV = "OMNIWAY_RAY_FIXED_SIZE"
+
+
 def task_pool(ray, workers: int, units: int):
     """The `compute` strategy of a task map for `workers` parallel workers: a task pool that
     keeps this many tasks submitted at once.
 
     Ray Data hands out a new task on its next scheduling step after one ends (up to 0.1 s
     later, more on a busy driver), and meanwhile the worker idles: with a few dozen tasks per
-    worker that is ~10% of a run on 2 CPUs. When the cluster has no more CPUs than `workers`,
-    every task is submitted at once: the ones beyond `workers` can only wait in Ray's queue
-    (first in, first out: the planned order holds), and each starts the moment a worker frees
-    up. With one extra task per worker instead, workers still idled at times: a Ray worker of
-    the shards benchmark sat 0.29-0.73 s between two tasks in 3 of 9 runs (never over 0.1 s
-    in 8 runs with every task submitted), and its ratio was 1.55-1.64 against 1.63-1.69. On a bigger cluster submitted tasks would run at once, beyond `workers`, so
-    then none is queued.
+    worker that is ~10% of a run on 2 CPUs. When the cluster has no more CPUs than `workers`
+    and cannot grow (the embedded Ray of `omniway run`, marked by FIXED_SIZE_ENV), every task
+    is submitted at once: the ones beyond `workers` can only wait in Ray's queue (first in,
+    first out: the planned order holds), and each starts the moment a worker frees up. With
+    one extra task per worker, workers still idled at times: a Ray worker of the shards
+    benchmark sat 0.29-0.73 s between two tasks in 3 of 9 runs (never over 0.1 s in 8 runs
+    with every task submitted), and its ratio was 1.55-1.64 against 1.63-1.69. On another
+    small cluster one extra per worker is queued (it may autoscale: each queued task asks for
+    a CPU); on a bigger one, submitted tasks would run at once, beyond `workers`, so then none
+    is queued.
     """
     workers = max(1, min(workers, units))
     if ray.cluster_resources().get("CPU", 0) <= workers:
-        return ray.data.TaskPoolStrategy(size=units)
+        if os.environ.get(FIXED_SIZE_ENV) == "1":
+            return ray.data.TaskPoolStrategy(size=units)
+        # The cluster may be an autoscaling one with its nodes not up yet: every queued task
+        # would ask the autoscaler for a CPU. One extra per worker bounds that.
+        return ray.data.TaskPoolStrategy(size=min(units, 2 * workers))
     return ray.data.TaskPoolStrategy(size=workers)

@@ -28,12 +28,13 @@ WORKER_SCRIPT = textwrap.dedent("""
         batch["purge"] = [os.environ.get("MIMALLOC_PURGE_DELAY")] * len(batch["id"])
         batch["numpy_env"] = [os.environ.get("NUMPY_MADVISE_HUGEPAGE")] * len(batch["id"])
         batch["hugepage"] = [multiarray._get_madvise_hugepage()] * len(batch["id"])
+        batch["fixed"] = [os.environ.get("OMNIWAY_RAY_FIXED_SIZE")] * len(batch["id"])
         return batch
 
     @ray.remote
     def stage():  # as the runner runs a stage: a task with its own env_vars, running Ray Data
         rows = ray.data.range(2, override_num_blocks=2).map_batches(seen).take_all()
-        return [{k: r[k] for k in ("purge", "numpy_env", "hugepage")} for r in rows]
+        return [{k: r[k] for k in ("purge", "numpy_env", "hugepage", "fixed")} for r in rows]
 
     env = {"env_vars": {"RAY_ADDRESS": ray.get_runtime_context().gcs_address}}
     print("SEEN", json.dumps(ray.get(stage.options(runtime_env=env).remote()), default=bool))
@@ -59,6 +60,7 @@ def test_ray_data_workers_of_a_stage_get_the_settings_and_the_users_own_value_wi
         assert worker["purge"] == "1234"  # the user's value, not the default
         assert worker["numpy_env"] == "0"
         assert worker["hugepage"] is False  # NumPy read it: no huge pages for its arrays
+        assert worker["fixed"] == "1"  # the embedded Ray: task maps may queue every task
 
 
 CLI_SCRIPT = textwrap.dedent("""
