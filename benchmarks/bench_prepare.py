@@ -26,9 +26,10 @@ byte-identical.
 Both paths run with omniway's allocator settings (pipelines/allocator_env.py), as `omniway run`
 sets them for its driver and Ray workers. Each path runs `--repeat` times, alternating, and
 keeps its best time (the machine may be shared; interference only ever slows a run; the
-first run of either path is slower, faulting in its memory). The CPU seconds of each path are printed too (the Ray path's:
-the driver plus every process of the local Ray -- workers, raylet, GCS), with the ratio that
-`cpus` idle cores would give: a load-independent check of the Ray path's overhead. On a shared
+first run of either path is slower, faulting in its memory). The CPU seconds of each path are
+printed too (the Ray path's: the driver plus every process of the local Ray -- workers,
+raylet, GCS), with the ratio that `cpus` idle cores would give: a load-independent check of
+the Ray path's overhead. On a shared
 Linux machine with sched_autogroup on, CPU is shared per session first: while other sessions are
 busy, all of this benchmark's processes (the local Ray included) together get one session's
 share, so only a run on an otherwise idle machine shows what the second core buys; the load
@@ -104,15 +105,13 @@ def loop_shards(corpus, spm_model: bytes, cfg, out_dir: str) -> dict:
     sha256 and counts out) with the same per-sample code and the same part files.
 
     Returns {rows, sha256: {file: hex}, modalities: Counter, read_s, hash_s}."""
-    import hashlib
-    from collections import Counter
-
     import pyarrow as pa
 
     from pipelines.data import schema
     from pipelines.data.featurize import Featurizer
     from pipelines.data.shards_impl import part_stats
     from pipelines.data.writer import PartWriter
+    from pipelines.manifest import sha256_file
 
     t = time.perf_counter()
     corpus_rows_ = corpus_rows(corpus)
@@ -132,23 +131,18 @@ def loop_shards(corpus, spm_model: bytes, cfg, out_dir: str) -> dict:
         files += writer.close()
         n += writer.rows
     t = time.perf_counter()
-    sha = {}
-    for rel in files:
-        with open(os.path.join(out_dir, rel), "rb") as f:
-            sha[rel] = hashlib.sha256(f.read()).hexdigest()
+    sha = {rel: sha256_file(os.path.join(out_dir, rel)) for rel in files}
     hash_s += time.perf_counter() - t
     return {"rows": n, "sha256": sha, "modalities": mods, "read_s": read_s, "hash_s": hash_s}
 
 
 def file_hashes(root: str) -> dict[str, str]:
-    import hashlib
+    """sha256 of every file under `<root>/<split>/`, by relative path."""
+    from pipelines.manifest import sha256_file
 
-    out = {}
-    for split in sorted(os.listdir(root)):
-        for name in sorted(os.listdir(os.path.join(root, split))):
-            with open(os.path.join(root, split, name), "rb") as f:
-                out[f"{split}/{name}"] = hashlib.sha256(f.read()).hexdigest()
-    return out
+    return {f"{split}/{name}": sha256_file(os.path.join(root, split, name))
+            for split in sorted(os.listdir(root))
+            for name in sorted(os.listdir(os.path.join(root, split)))}
 
 
 def ray_processes_cpu() -> float:
@@ -242,9 +236,10 @@ def main() -> None:
             cpu.append((loop_cpu, time.process_time() - c, ray_processes_cpu() - rc))
             ray_rows = sum(p["rows"] for p in parts)
             assert ray_rows == loop["rows"] == n, (ray_rows, loop["rows"], n)
-            loop_files, ray_files = file_hashes(loop_dir), file_hashes(ray_dir)
-            assert loop_files == ray_files, "the Ray path and the loop wrote different shards"
-            assert loop["sha256"] == {p["path"]: p["sha256"] for p in parts} == loop_files
+            # the loop hashed its own files; the Ray path's files and reported hashes must match
+            ray_files = file_hashes(ray_dir)
+            assert loop["sha256"] == ray_files, "the Ray path and the loop wrote different shards"
+            assert {p["path"]: p["sha256"] for p in parts} == ray_files
             ray_mods = Counter()
             for p in parts:
                 ray_mods.update(p["stats"]["modalities"])

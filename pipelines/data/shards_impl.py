@@ -289,16 +289,15 @@ def write_part(table, path: str, plot_samples: int) -> dict:
     in-memory file grows by doubling (fresh memory for tens of MB per part of photos), is
     copied into the object store, read and written again by the driver. Written here, it goes
     through the page cache once, as the single-process `PartWriter` writes it."""
-    import hashlib
-
     import pyarrow.parquet as pq
 
     from pipelines.data.writer import PARQUET_ARGS
+    from pipelines.manifest import sha256_file
 
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     pq.write_table(table.combine_chunks(), tmp, **PARQUET_ARGS)
-    with open(tmp, "rb") as f:
-        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    sha256 = sha256_file(tmp)  # just written: read back from the page cache
     os.replace(tmp, path)
     return _part_result(table, sha256, plot_samples)
 
@@ -352,8 +351,8 @@ def featurize_chunks(batch, *, spm_model: bytes, cfg: ShardsConfig, storage_uri:
     as its featurized rows.
 
     Args:
-        batch: pyarrow table with a `chunks` column (JSON list of {id, whole, split, path,
-            slices}; `path`: the part file's path under the output directory).
+        batch: pyarrow table with a `chunks` column (JSON list of {id, whole, path, slices};
+            `path`: the part file's path under the output directory).
         spm_model: sentencepiece model bytes.
         cfg: the shards config.
         storage_uri: storage root the corpus files live in.
@@ -376,7 +375,6 @@ def featurize_chunks(batch, *, spm_model: bytes, cfg: ShardsConfig, storage_uri:
                                     cfg.batch_size)
             file = part = rows = None
             if spec["whole"] and out_dir is not None:
-                os.makedirs(os.path.join(out_dir, spec["split"]), exist_ok=True)
                 res = write_part(table, os.path.join(out_dir, spec["path"]), cfg.plot_samples)
                 part = pickle.dumps(res, protocol=pickle.HIGHEST_PROTOCOL)
             elif spec["whole"]:
@@ -412,7 +410,7 @@ def iter_parts(corpus, spm_model: bytes, cfg: ShardsConfig, splits=schema.SPLITS
     import pyarrow as pa
 
     from pipelines.data.raycompat import ensure_ray, no_ramp_up, task_pool
-    from pipelines.data.writer import part_name
+    from pipelines.data.writer import part_path
 
     parts = [p for split in splits for p in plan_parts(corpus, split, cfg.rows_per_file)]
     if not parts:
@@ -425,11 +423,10 @@ def iter_parts(corpus, spm_model: bytes, cfg: ShardsConfig, splits=schema.SPLITS
     for i, c in enumerate(chunks):
         c["id"] = i
     items = [{"chunks": json.dumps([{"id": c["id"], "whole": c["chunks"] == 1,
-                                     "split": c["split"],
-                                     "path": f"{c['split']}/{part_name(c['index'])}",
+                                     "path": part_path(c["split"], c["index"]),
                                      "slices": c["slices"]} for c in task])}
              for task in tasks]
-    out = None if out_dir is None else (ray.get_runtime_context().get_node_id(), out_dir)
+    out = None if out_dir is None else (_node_id(), out_dir)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     # tasks, not an actor pool: see _WORKER_STATE
     ds = ds.map_batches(featurize_chunks, batch_size=1, batch_format="pyarrow",
@@ -485,7 +482,7 @@ def write_shards(corpus, spm_model: bytes, cfg: ShardsConfig, out_dir: str, set_
     from other nodes). `set_rows(path, rows, sha256)` records each file for the manifest."""
     import glob
 
-    from pipelines.data.writer import part_name
+    from pipelines.data.writer import part_path
 
     out_dir = os.path.abspath(out_dir)  # the tasks' working directory is not this one
     done = []
@@ -494,7 +491,7 @@ def write_shards(corpus, spm_model: bytes, cfg: ShardsConfig, out_dir: str, set_
         if res["rows"] != spec["rows"]:
             raise RuntimeError(f"shards: part {spec['split']}/{spec['index']} has {res['rows']} "
                                f"rows, planned {spec['rows']}")
-        rel = f"{spec['split']}/{part_name(spec['index'])}"
+        rel = part_path(spec["split"], spec["index"])
         if res["data"] is not None:
             os.makedirs(os.path.join(out_dir, spec["split"]), exist_ok=True)
             with open(os.path.join(out_dir, rel), "wb") as f:

@@ -32,6 +32,11 @@ def part_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
 
 
+def part_path(prefix: str, index: int) -> str:
+    """A part file's path relative to the stage's output dir, e.g. `train/part-00003.parquet`."""
+    return f"{prefix}/{part_name(index)}"
+
+
 class PartWriter:
     """Buffers rows of one table (one split) and writes fixed-size part files.
 
@@ -80,7 +85,7 @@ class PartWriter:
         self.pending = [rest] if rest.num_rows else []
         self.pending_rows = rest.num_rows
         os.makedirs(self.dir, exist_ok=True)
-        rel = f"{self.prefix}/{part_name(len(self.files))}"
+        rel = part_path(self.prefix, len(self.files))
         pq.write_table(head.combine_chunks(), os.path.join(self.dir, part_name(len(self.files))),
                        **PARQUET_ARGS)
         self.files.append(rel)
