@@ -13,7 +13,7 @@ byte-identical.
          files, Featurizer.rows on batches of `batch_size` rows, `PartWriter` cuts and writes the
          part files, then the sha256 of every file and the counts by modality that the manifest
          records (the corpus read and the hashing + counts are printed apart).
-  ray    the stage's own `write_shards` (pipelines/data/shards_impl.py), everything timed: planning
+  ray    the stage's own `write_shards` (pipelines/data/shards_build.py), everything timed: planning
          from the corpus files, Ray Data tasks (2 at a time, 1 CPU each) that read their corpus
          slices, featurize them and write whole part files with their sha256 (a part heavier
          than a worker's share of the work left is cut into chunks, which the driver encodes
@@ -109,7 +109,7 @@ def loop_shards(corpus, spm_model: bytes, cfg, out_dir: str) -> dict:
 
     from pipelines.data import schema
     from pipelines.data.featurize import Featurizer
-    from pipelines.data.shards_impl import part_stats
+    from pipelines.data.shards_task import part_stats
     from pipelines.data.writer import PartWriter
     from pipelines.manifest import sha256_file
 
@@ -189,10 +189,10 @@ def main() -> None:
 
     import ray
 
-    from pipelines.data.config import ShardsConfig
+    from pipelines.stages.shards import ShardsConfig
     from pipelines.data.image import image_pixels
     from pipelines.data.raycompat import ensure_ray
-    from pipelines.data.shards_impl import write_shards
+    from pipelines.data.shards_build import write_shards
     from pipelines.runner import ray_runtime_env
 
     # the workers get what `omniway run`'s embedded Ray gives them (see connect_ray)

@@ -43,36 +43,41 @@ Classes and functions:
     interop: model.interop.beit3 -- beit3_config, beit3_to_omniway, omniway_to_beit3, load_beit3
     ops.Linear: nn.Linear with an fp32-BLAS bf16 path on CPUs without bf16 GEMM (same state-dict keys)
 
+``model.config`` (and ``ModelConfig``, ``SIZES`` through this package) imports no torch; the rest does.
 Inside the encoder activations are sequence-first (T, B, C) so modality segments are contiguous; every
 public input and output above is batch-first.
 """
 
-from .checkpoint import (
-    CheckpointKeyError,
-    load_checkpoint,
-    load_state_dict_strict,
-    read_checkpoint,
-    save_checkpoint,
-)
-from .config import (
-    EXPERT_POLICIES,
-    SIZES,
-    AudioConfig,
-    ModelConfig,
-    TextConfig,
-    VisionConfig,
-    register_size,
-)
-from .heads import AudioRegressionHead, ContrastiveHead, ITMHead, LMHead, MIMHead, MLMHead
-from .layout import Layout, Segment
-from .modalities import AdapterOutput, ModalityAdapter, register_modality, registered_modalities
-from .encoder import MultiwayEncoder
-from .network import ModelOutput, MultiwayModel
+# Names -> the submodule defining them, imported on first use (PEP 562): `model.config`,
+# `model.vqkd_config` and `model.typed_config` need only the standard library, so the pipeline
+# planner reads model settings without paying for torch; any other name imports torch with its module.
+_EXPORTS = {
+    "checkpoint": ("CheckpointKeyError", "load_checkpoint", "load_state_dict_strict", "read_checkpoint",
+                   "save_checkpoint"),
+    "config": ("EXPERT_POLICIES", "SIZES", "AudioConfig", "ModelConfig", "TextConfig", "VisionConfig",
+               "register_size"),
+    "typed_config": ("ConfigError",),
+    "heads": ("AudioRegressionHead", "ContrastiveHead", "ITMHead", "LMHead", "MIMHead", "MLMHead"),
+    "layout": ("Layout", "Segment"),
+    "modalities": ("AdapterOutput", "ModalityAdapter", "register_modality", "registered_modalities"),
+    "encoder": ("MultiwayEncoder",),
+    "network": ("ModelOutput", "MultiwayModel"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = [
-    "AdapterOutput", "AudioConfig", "AudioRegressionHead", "CheckpointKeyError", "ContrastiveHead",
-    "EXPERT_POLICIES", "ITMHead", "LMHead", "Layout", "MIMHead", "MLMHead", "ModalityAdapter", "ModelConfig",
-    "ModelOutput", "MultiwayEncoder", "MultiwayModel", "SIZES", "Segment", "TextConfig", "VisionConfig",
-    "load_checkpoint", "load_state_dict_strict", "read_checkpoint", "register_modality", "register_size",
-    "registered_modalities", "save_checkpoint",
-]
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'model' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

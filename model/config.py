@@ -1,8 +1,9 @@
 """Model configuration: typed, nested dataclasses and the registry of named sizes.
 
 A config is plain data. It round-trips through JSON (``to_dict`` / ``from_dict``) so it can be embedded in
-checkpoints and saved with a run; ``from_dict`` is strict: an unknown key or a wrong type is an error that
-names the key, never silently dropped.
+checkpoints and saved with a run; ``from_dict`` is strict (``model.typed_config``, the project's one
+loader): an unknown key or a wrong type is a ``ConfigError`` that names the key, never silently dropped.
+Standard library only, so the pipeline planner checks model settings without importing torch.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+from .typed_config import ConfigError, from_dict, merge
 
 # Which sub-modules of a block are duplicated per modality, by policy name.
 #   all: released BEiT-3 code (torchscale): every projection and norm has one copy per modality.
@@ -168,17 +169,21 @@ class ModelConfig:
     def from_size(cls, name: str, **overrides: Any) -> "ModelConfig":
         """A registered size with overrides; nested settings take a dict or a dataclass
         (``vision={"img_size": 384}``) and merge into the size's values."""
-        if name not in SIZES:
-            raise KeyError(f"unknown model size {name!r}; registered: {sorted(SIZES)}")
-        base = SIZES[name].to_dict()
-        for key, value in overrides.items():
-            if dataclasses.is_dataclass(value):
-                value = dataclasses.asdict(value)
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
-                base[key] = {**base[key], **value}
-            else:
-                base[key] = value
-        return cls.from_dict(base)
+        return cls.from_overrides(name, overrides)
+
+    @classmethod
+    def from_overrides(cls, size: str, overrides: dict[str, Any], path: str = "ModelConfig") -> "ModelConfig":
+        """``from_size`` with the overrides as a mapping; errors name keys under ``path`` (a stage's
+        ``with.model``), e.g. ``with.model.vision.patch_sise: unknown key``.
+
+        Raises:
+            ConfigError: an unknown size, an unknown or mistyped key, or an inconsistent config.
+        """
+        if size not in SIZES:
+            raise ConfigError(f"{path}: unknown model size {size!r} (registered: {', '.join(sorted(SIZES))})")
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(overrides).__name__} {overrides!r}")
+        return from_dict(cls, merge(SIZES[size].to_dict(), overrides), path)
 
     def build(self):
         """Build the ``MultiwayModel`` this config describes (on the current default device)."""
@@ -197,46 +202,13 @@ class ModelConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        return _strict_from_dict(cls, data, "ModelConfig")
+    def from_dict(cls, data: dict[str, Any], path: str = "ModelConfig") -> "ModelConfig":
+        """Strict: an unknown or mistyped key is a ``ConfigError`` naming it."""
+        return from_dict(cls, data, path)
 
     @classmethod
     def from_json(cls, text: str) -> "ModelConfig":
         return cls.from_dict(json.loads(text))
-
-
-def _strict_from_dict(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise TypeError(f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise KeyError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
-    kwargs = {}
-    for key, value in data.items():
-        kwargs[key] = _coerce(hints[key], value, f"{where}.{key}")
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        return _strict_from_dict(tp, value, where)
-    origin = typing.get_origin(tp)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise TypeError(f"{where}: expected a list of strings, got {value!r}")
-        return tuple(value)
-    if origin in (typing.Union, types.UnionType):
-        return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, float, str, bool):
-        if type(value) is not tp:
-            raise TypeError(f"{where}: expected {tp.__name__}, got {type(value).__name__} ({value!r})")
-    return value
 
 
 # --- named sizes ------------------------------------------------------------------------------------
@@ -247,7 +219,7 @@ SIZES: dict[str, ModelConfig] = {}
 def register_size(name: str, config: ModelConfig) -> ModelConfig:
     """Register a named size (a full ``ModelConfig``); names are unique."""
     if name in SIZES:
-        raise KeyError(f"model size {name!r} is already registered")
+        raise ConfigError(f"model size {name!r} is already registered")
     SIZES[name] = config
     return config
 

@@ -1,10 +1,7 @@
 """`VQKDConfig`: the VQ-KD visual tokenizer's architecture -- the one definition of it.
 
-Standard library only, on purpose: the pipeline planner loads this file as the `visual-tokenizer`
-stage's `with.tokenizer` config (`pipelines.visual_tokenizer.config.TokenizerArch` is this class)
-without importing the `model` package, whose `__init__` imports torch. Keep it that way: no torch,
-no numpy, no relative import at module level (`backbone` imports `model.config` when it is called,
-i.e. when a tokenizer is built and torch is loaded anyway).
+Standard library only: the `visual-tokenizer` stage's `with.tokenizer` is this class, and the pipeline
+planner loads it without torch (`model/__init__.py` imports its submodules lazily).
 """
 
 from __future__ import annotations
@@ -12,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from typing import Literal
+
+from .typed_config import from_dict
 
 
 @dataclass
@@ -85,7 +84,7 @@ class VQKDConfig:
 
     def backbone(self, layers: int):
         """A vision-only ``model.ModelConfig`` of this width (pre-LN ViT: no sub-LN, no experts to speak of)."""
-        from model.config import ModelConfig, VisionConfig
+        from .config import ModelConfig, VisionConfig
 
         return ModelConfig(dim=self.dim, layers=layers, heads=self.heads, ffn_dim=self.ffn_dim,
                            modalities=("vision",), subln=False,
@@ -95,12 +94,9 @@ class VQKDConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "VQKDConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise KeyError(f"VQKDConfig: unknown key(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+    def from_dict(cls, data: dict, path: str = "VQKDConfig") -> "VQKDConfig":
+        """Strict (``model.typed_config``): an unknown or mistyped key is a ``ConfigError`` naming it."""
+        return from_dict(cls, data, path)
 
 
 __all__ = ["VQKDConfig"]

@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.registry import (UnknownStageKind, all_kinds, get_kind, load_modules,
-                                pipeline_checks)
+from pipelines.registry import UnknownStageKind, all_kinds, get_kind, load_modules
 from pipelines.typed import ConfigError, convert, from_dict, to_dict
 
 TOP_LEVEL_KEYS = ("name", "storage", "tracking_uri", "experiment", "ray", "plugins", "stages")
@@ -65,11 +64,23 @@ class StageResources:
 
 @dataclass
 class StageSpec:
+    """One stage of a loaded pipeline.
+
+    Args:
+        name: the stage's name in the pipeline.
+        uses: its registered kind.
+        needs: upstream stage names.
+        config: the kind's config dataclass, resolved (what upstream stages fix is filled in).
+        resources: Ray resources of the stage's task.
+        facts: what its output will be like, for the stages below it (the kind's `resolve` says).
+    """
+
     name: str
     uses: str
     needs: list[str]
     config: Any
     resources: StageResources
+    facts: dict = field(default_factory=dict)
 
     @property
     def config_dict(self) -> dict:
@@ -190,6 +201,21 @@ def _check_graph(stages: dict[str, StageSpec], source: str) -> None:
     for name in stages:
         if name not in state:
             visit(name)
+
+
+def _resolve(stages: dict[str, StageSpec], source: str) -> None:
+    """Run every kind's `resolve` hook, upstream stages first (see `pipelines.registry`)."""
+    done: set[str] = set()
+    while len(done) < len(stages):  # the graph is acyclic (checked before)
+        for name, spec in stages.items():
+            if name in done or any(n not in done for n in spec.needs):
+                continue
+            kind = get_kind(spec.uses)
+            if kind.resolve is not None:
+                inputs = {n: stages[n] for n in spec.needs}
+                spec.config, facts = kind.resolve(spec.config, inputs, f"{source}: stage {name!r}")
+                spec.facts = dict(facts or {})
+            done.add(name)
 
 
 def _yaml_cache_path(path: Path, workdir: str) -> Path:
@@ -325,7 +351,6 @@ def pipeline_from_dict(raw: dict, *, source: str, default_name: str, path: str =
             raise ConfigError(f"{where}: needs: lists a stage twice: {needs}")
         stages[stage_name] = StageSpec(stage_name, uses, needs, config, resources)
     _check_graph(stages, source)
-    for check in pipeline_checks():
-        check(stages, source)
+    _resolve(stages, source)
     return PipelineSpec(name=name, path=path, storage=storage_root, tracking_uri=tracking,
                         experiment=experiment, ray=ray_opts, plugins=plugins, stages=stages)

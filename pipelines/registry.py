@@ -1,6 +1,7 @@
 """Stage kinds: a name, a config dataclass, a code version and a function.
 
-A stage kind is registered once, at import time of the module that defines it:
+A stage kind is registered once, at import time of the module that defines it
+(`pipelines/stages/<kind>.py` for the built-in ones: config, registration and body in one module):
 
     @stage_kind("corpus", config=CorpusConfig, version="1", num_cpus=0)
     def corpus(ctx: StageContext) -> dict[str, float]:
@@ -10,6 +11,13 @@ The version is part of every cache key of that kind: bump it when the kind's
 output changes for the same config and inputs. Modules that register kinds
 must stay cheap to import (no ray, torch or pyarrow at module level): the
 planner imports them for every `omniway run`, including fully cached ones.
+
+`resolve(config, inputs, where) -> (config, facts)`, optional, runs when the pipeline
+loads, upstream stages first: it fills in what an upstream stage already fixes (the
+shards' image resolution from the visual tokenizer), raises `ConfigError` naming the
+key for a value that contradicts it or for a setting its dataclass cannot check
+alone, and returns `facts`, what this stage's output will be like for the stages
+below it (the same facts its manifest states once it has run).
 """
 
 from __future__ import annotations
@@ -36,6 +44,9 @@ class StageKind:
             orchestrate other Ray work (Ray Data, Ray Train) use 0 so they do
             not hold a CPU their own workers need.
         description: one line for `omniway stages`.
+        resolve: `resolve(config, inputs, where) -> (config, facts)` run at load time (see the module
+            docs); `inputs`: upstream stage name -> its resolved `pipelines.config.StageSpec`; `where`:
+            "FILE: stage 'NAME'" for messages. None: the config as loaded, no facts.
     """
 
     name: str
@@ -44,6 +55,7 @@ class StageKind:
     fn: Callable[[Any], dict[str, float] | None]
     num_cpus: float = 1.0
     description: str = ""
+    resolve: Callable[[Any, dict, str], tuple[Any, dict]] | None = None
 
 
 _KINDS: dict[str, StageKind] = {}
@@ -54,8 +66,8 @@ class UnknownStageKind(KeyError):
 
 
 def stage_kind(name: str, *, config: type, version: str, num_cpus: float = 1.0,
-               description: str = "") -> Callable:
-    """Decorator registering `fn` as the stage kind `name`."""
+               description: str = "", resolve: Callable | None = None) -> Callable:
+    """Decorator registering `fn` as the stage kind `name` (arguments: see `StageKind`)."""
     if not dataclasses.is_dataclass(config):
         raise TypeError(f"stage kind {name!r}: config must be a dataclass, got {config!r}")
 
@@ -68,26 +80,10 @@ def stage_kind(name: str, *, config: type, version: str, num_cpus: float = 1.0,
         first_doc_line = ((fn.__doc__ or "").strip().splitlines() or [""])[0]
         _KINDS[name] = StageKind(name=name, config=config, version=str(version), fn=fn,
                                  num_cpus=float(num_cpus),
-                                 description=description or first_doc_line)
+                                 description=description or first_doc_line, resolve=resolve)
         return fn
 
     return register
-
-
-_PIPELINE_CHECKS: list[Callable[[dict, str], None]] = []
-
-
-def pipeline_check(fn: Callable[[dict, str], None]) -> Callable[[dict, str], None]:
-    """Register `fn(stages, source)`, run on every loaded pipeline after its own
-    validation: for rules across stages (a tokenizer's grid against the model's)
-    that must fail before any work starts. It raises `ConfigError`."""
-    if fn not in _PIPELINE_CHECKS:
-        _PIPELINE_CHECKS.append(fn)
-    return fn
-
-
-def pipeline_checks() -> list[Callable[[dict, str], None]]:
-    return list(_PIPELINE_CHECKS)
 
 
 def load_modules(modules: list[str] | tuple[str, ...] = ()) -> None:

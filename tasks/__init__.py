@@ -21,10 +21,30 @@ Modules:
     metrics     recall_at_k, retrieval_metrics
 """
 
-from .batching import BatchSpec, Collator
-from .metrics import recall_at_k, retrieval_metrics
-from .pretrain import PretrainModel
-from .recipes import GROUPS, MODEL_MODALITY, OBJECTIVES, RECIPES, Recipe, get_recipe, group_batch_sizes, group_of
+# Names -> the submodule defining them, imported on first use (PEP 562): `tasks.recipes` needs only the
+# standard library, so the pipeline planner checks recipe names and overrides without importing torch.
+_EXPORTS = {
+    "batching": ("BatchSpec", "Collator"),
+    "metrics": ("recall_at_k", "retrieval_metrics"),
+    "pretrain": ("PretrainModel",),
+    "recipes": ("GROUPS", "MODEL_MODALITY", "OBJECTIVES", "RECIPES", "Recipe", "get_recipe", "group_batch_sizes",
+                "group_of"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
-__all__ = ["BatchSpec", "Collator", "GROUPS", "MODEL_MODALITY", "OBJECTIVES", "PretrainModel", "RECIPES",
-           "Recipe", "get_recipe", "group_batch_sizes", "group_of", "recall_at_k", "retrieval_metrics"]
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tasks' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

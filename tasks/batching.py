@@ -14,11 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.pixels import normalize_pixels_, to_unit_pixels
+
 from .masking import block_mask, random_token_mask, span_mask
 from .recipes import GROUPS, Recipe
-
-# BEiT-3 normalises pixels with mean = std = 0.5 per channel.
-PIXEL_MEAN, PIXEL_STD = 0.5, 0.5
 
 
 @dataclass
@@ -91,11 +90,11 @@ class Collator:
         s = self.spec
         R = s.shard_resolution
         arr = np.stack([np.frombuffer(b, dtype=np.uint8).reshape(3, R, R) for b in column])  # (B, 3, R, R)
-        x = torch.from_numpy(arr).float().div_(255.0)
+        x = to_unit_pixels(torch.from_numpy(arr))  # (B, 3, R, R) in [0, 1]
         if R != s.image_size:
             x = F.interpolate(x, size=(s.image_size, s.image_size), mode="bilinear", antialias=True,
                               align_corners=False)
-        return (x - PIXEL_MEAN) / PIXEL_STD  # (B, 3, S, S)
+        return normalize_pixels_(x)  # (B, 3, S, S) in [-1, 1]
 
     def _audio(self, column, frames_column) -> dict[str, torch.Tensor]:
         s = self.spec

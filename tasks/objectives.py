@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model import AudioRegressionHead, ContrastiveHead, MIMHead, MLMHead
+from model.pixels import patchify
 
 from .losses import contrastive_loss, token_infonce
 
@@ -22,13 +23,6 @@ from .losses import contrastive_loss, token_infonce
 def _masked_mean(values: torch.Tensor, count: int) -> torch.Tensor:
     # sum / max(count, 1): finite (0) when nothing is masked, instead of the NaN of an empty mean
     return values.sum() / max(count, 1)
-
-
-def patchify(pixels: torch.Tensor, patch: int) -> torch.Tensor:
-    """(B, 3, H, W) -> (B, N, patch * patch * 3), patches row-major like the vision adapter's tokens."""
-    B, C, H, W = pixels.shape
-    x = pixels.reshape(B, C, H // patch, patch, W // patch, patch)
-    return x.permute(0, 2, 4, 3, 5, 1).reshape(B, (H // patch) * (W // patch), patch * patch * C)
 
 
 class MaskedLanguageModeling(nn.Module):

@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 import soundfile as sf
 
-from pipelines.data.config import AudioLimits
+from pipelines.stages.corpus import AudioLimits
 from pipelines.data.text import Rejected
 
 SUPPORTED_EXTS = {"", "wav", "flac", "ogg"}

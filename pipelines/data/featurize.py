@@ -3,7 +3,7 @@
 `Featurizer.rows` is plain Python over a list of corpus rows, so the benchmark's
 single-process loop and the Ray tasks run exactly the same code. The sentencepiece
 model (and a visual tokenizer, when one is an input) is loaded once per instance,
-i.e. once per Ray worker process (see `shards_impl.worker_state`). Nothing here imports
+i.e. once per Ray worker process (see `shards_task.worker_state`). Nothing here imports
 torch (the log-mel is numpy): only a visual tokenizer does, when one is an input -- torch
 costs seconds of start-up per process.
 """
@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from pipelines.data.config import ShardsConfig
+from pipelines.stages.shards import ShardsConfig
 
 # A visual tokenizer maps uint8 pixels (B, 3, R, R) to token ids (B, patches).
 VisualEncoder = Callable[[np.ndarray], np.ndarray]

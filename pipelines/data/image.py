@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from pipelines.data.config import ImageLimits
+from pipelines.stages.corpus import ImageLimits
 from pipelines.data.text import Rejected
 
 SUPPORTED = {"JPEG", "PNG", "WEBP"}

@@ -1,9 +1,8 @@
 """Raw record -> accepted corpus row or reject: the per-sample function of the corpus stage.
 
 `normalize_record` is plain Python on one record so the benchmark's single-process
-loop and the Ray tasks call exactly the same code. `Normalizer` is the Ray Data
-callable class: one instance per actor, a batch of raw records in, the same number
-of result rows out (accepted rows have reason == "").
+loop and the corpus stage's Ray tasks (`pipelines.data.ingest`) call exactly the same
+code; accepted rows have reason == "".
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from pipelines.data.config import CorpusConfig
+from pipelines.stages.corpus import CorpusConfig
 from pipelines.data.text import Rejected, normalize_text
 
 RESULT_FIELDS = ("sample_id", "source", "key", "modalities", "text", "image", "audio", "label",
@@ -61,23 +60,3 @@ def normalize_record(rec: dict[str, Any], cfg: CorpusConfig,
     label = rec.get("label")
     return _result(rec, modalities=modalities, text=text, image=image, audio=audio, label=label,
                    content_hash=content_hash(text, image, audio, label))
-
-
-class Normalizer:
-    """Ray Data callable class: batch of raw records (pyarrow) -> batch of result rows.
-
-    Args:
-        cfg: the corpus config (limits per modality).
-        require: source name -> modalities its records must have.
-    """
-
-    def __init__(self, cfg: CorpusConfig, require: dict[str, list[str]]):
-        self.cfg = cfg
-        self.require = {k: tuple(v) for k, v in require.items()}
-
-    def __call__(self, batch):
-        from pipelines.data.tables import results_table
-
-        rows = batch.to_pylist()
-        return results_table([normalize_record(r, self.cfg, self.require.get(r["source"], ()))
-                              for r in rows])

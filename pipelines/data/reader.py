@@ -15,22 +15,11 @@ import numpy as np
 
 from pipelines.data import schema
 from pipelines.data.fbank import decode_fbank  # noqa: F401 - part of the reader API
-
-
-class UnknownSchemaVersion(ValueError):
-    pass
-
-
-def check_manifest(manifest) -> None:
-    version = manifest.schema_version
-    if version not in schema.KNOWN_SHARDS_VERSIONS:
-        raise UnknownSchemaVersion(
-            f"shards {manifest.dir}: schema version {version!r} is not one this code reads "
-            f"({', '.join(schema.KNOWN_SHARDS_VERSIONS)}); rebuild the shards stage or upgrade")
+from pipelines.data.schema import UnknownSchemaVersion  # noqa: F401 - part of the reader API
 
 
 def shard_paths(manifest, split: str) -> list[str]:
-    check_manifest(manifest)
+    schema.check_shards(manifest)
     if split not in schema.SPLITS:
         raise ValueError(f"split must be one of {schema.SPLITS}, got {split!r}")
     return manifest.paths(".parquet", prefix=f"{split}/")

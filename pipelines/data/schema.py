@@ -63,6 +63,29 @@ REJECT_REASONS = (
     "read_error",          # the container itself is unreadable (detail says why)
 )
 
+
+
+class UnknownSchemaVersion(ValueError):
+    """A stage output in a schema this code does not read; the message says what to rebuild."""
+
+
+def check_corpus(manifest, reader: str) -> None:
+    """Refuse a corpus output of another schema version (``reader``: the stage reading it)."""
+    if manifest.schema_version != CORPUS_SCHEMA_VERSION:
+        raise UnknownSchemaVersion(
+            f"{reader}: corpus {manifest.stage!r} has schema {manifest.schema_version!r}; this code reads "
+            f"{CORPUS_SCHEMA_VERSION!r}. Rerun the corpus stage.")
+
+
+def check_shards(manifest) -> None:
+    """Refuse a shards output of a schema version the reader API does not know."""
+    version = manifest.schema_version
+    if version not in KNOWN_SHARDS_VERSIONS:
+        raise UnknownSchemaVersion(
+            f"shards {manifest.dir}: schema version {version!r} is not one this code reads "
+            f"({', '.join(KNOWN_SHARDS_VERSIONS)}); rebuild the shards stage or upgrade")
+
+
 FBANK_MELS = 128
 FBANK_SAMPLE_RATE = 16_000
 FBANK_WIN = 400   # 25 ms at 16 kHz

@@ -5,7 +5,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Optional
 
-from pipelines.data.config import TextLimits
+from pipelines.stages.corpus import TextLimits
 
 
 class Rejected(Exception):

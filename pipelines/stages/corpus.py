@@ -1,19 +1,260 @@
 """Stage kind `corpus`: named sources -> validated samples + rejects, split into train / val.
 
-Light on purpose (the planner imports it every run); the work is in
-`pipelines.data.corpus_impl`, imported when the stage runs.
+Flow (Ray Data, ordered):
+    work units (driver: list files / tars)            from_items, one unit per block
+      -> read_and_normalize tasks (read bytes, decode, validate, hash)  map_batches
+      -> stage process: source limits, dedup by content hash, split by sample_id hash,
+         fixed-rows Parquet files: train/, val/, rejects/, duplicates/
+Accounting: read = accepted + rejected + duplicates, checked before anything commits.
+The per-sample work is `pipelines.data.ingest` (tasks) and `pipelines.data.normalize` (one record).
 """
 
 from __future__ import annotations
 
-from pipelines.data.config import CorpusConfig
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
 from pipelines.registry import stage_kind
+from pipelines.typed import ConfigError
+from pipelines.data.schema import MODALITIES
+
+SourceFormat = Literal["webdataset", "jsonl", "csv", "parquet", "text",
+                       "tuxpaint", "asterisk", "digits"]
 
 
-@stage_kind("corpus", config=CorpusConfig, version="1", num_cpus=0,
+@dataclass
+class SourceConfig:
+    """One named input of a corpus stage.
+
+    Args:
+        name: the `source` value of its samples and the prefix of their sample ids.
+        format: webdataset (tar shards), jsonl / csv (index files with relative media
+            paths), parquet (binary or `{bytes, path}` columns), text (a tree of text
+            files), or a demo corpus: tuxpaint, asterisk, digits.
+        path: a file, a directory (searched recursively) or a glob. For tuxpaint the
+            stamps root, for asterisk the sounds directory; unused for digits.
+        extensions: file name endings to read under a directory (defaults per format).
+        text_field / image_field / audio_field / label_field / id_field: column or key
+            names in index files, Parquet and webdataset json. For webdataset,
+            text_field names a key of the `.json` member used when no `.txt` exists.
+        text_unit: text format only: one document per `file`, `paragraph` or `line`.
+        require: modalities a record must have; a record lacking one is rejected
+            as `missing_member` (e.g. `[image, text]` for caption pairs).
+        transcripts: asterisk only: the `key: text` transcript file (gz or plain).
+        caption_template: digits only: `{label}` is replaced by the digit.
+        limit: at most this many records from this source (0 = all), taken in the
+            reader's deterministic order; records past it are not read.
+        max_files: at most this many input files (0 = all), in sorted order.
+        files_per_unit: how many input files one Ray task reads.
+    """
+
+    name: str = ""
+    format: SourceFormat = "text"
+    path: str = ""
+    extensions: list[str] = field(default_factory=list)
+    text_field: str = "text"
+    image_field: str = "image"
+    audio_field: str = "audio"
+    label_field: str = "label"
+    id_field: str = ""
+    text_unit: Literal["file", "paragraph", "line"] = "file"
+    require: list[str] = field(default_factory=list)
+    transcripts: str = "/usr/share/doc/asterisk-core-sounds-en/core-sounds-en.txt.gz"
+    caption_template: str = "a handwritten digit {label}"
+    limit: int = 0
+    max_files: int = 0
+    files_per_unit: int = 64
+
+
+@dataclass
+class TextLimits:
+    """Args:
+        min_chars: shorter text (after NFC + trim) is rejected as empty_text when 0 chars, too_short otherwise.
+        max_chars: longer text is rejected as too_long.
+    """
+
+    min_chars: int = 1
+    max_chars: int = 20_000
+
+
+@dataclass
+class ImageLimits:
+    """Args:
+        min_side: an image whose shorter side is below this is rejected as too_small.
+        max_side: a longer side above this is downscaled to it (keeping aspect).
+        max_pixels: the header's width × height above this is a decompression bomb;
+            checked before any pixel is decoded.
+        max_bytes: encoded images larger than this are rejected as too_large.
+    """
+
+    min_side: int = 8
+    max_side: int = 1024
+    max_pixels: int = 40_000_000
+    max_bytes: int = 20_000_000
+
+
+@dataclass
+class AudioLimits:
+    """Args:
+        sample_rate: output rate (Hz); input is resampled with soxr.
+        min_seconds / max_seconds: duration bounds (too_short / too_long).
+        max_bytes: encoded audio larger than this is rejected as too_large.
+        format: how accepted audio is stored: FLAC (PCM16 inside) or PCM16 WAV.
+    """
+
+    sample_rate: int = 16_000
+    min_seconds: float = 0.1
+    max_seconds: float = 30.0
+    max_bytes: int = 50_000_000
+    format: Literal["flac", "wav"] = "flac"
+
+
+@dataclass
+class CorpusConfig:
+    """Config of the `corpus` kind.
+
+    Args:
+        sources: the named inputs (at least one).
+        val_fraction: share of samples put in `val`, by a hash of sample_id.
+        rows_per_file: rows per output Parquet file.
+        num_workers: Ray tasks decoding and validating in parallel (1 CPU each).
+        batch_size: records per map_batches call.
+        text / image / audio: per-modality validation limits.
+        dedup: drop exact duplicates (same normalised content) after the first.
+        plot_samples: images in the sample grid artifact (0 = none).
+    """
+
+    sources: list[SourceConfig] = field(default_factory=list)
+    val_fraction: float = 0.05
+    rows_per_file: int = 1024
+    num_workers: int = 2
+    batch_size: int = 32
+    text: TextLimits = field(default_factory=TextLimits)
+    image: ImageLimits = field(default_factory=ImageLimits)
+    audio: AudioLimits = field(default_factory=AudioLimits)
+    dedup: bool = True
+    plot_samples: int = 16
+
+
+def check_config(cfg: CorpusConfig) -> None:
+    """What one dataclass field cannot say alone; ValueError naming the key."""
+    if not cfg.sources:
+        raise ValueError("sources: is empty; name at least one source")
+    names = [s.name for s in cfg.sources]
+    if any(not n for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"sources: every source needs a unique non-empty `name`, got {names}")
+    for i, s in enumerate(cfg.sources):
+        bad = sorted(set(s.require) - set(MODALITIES))
+        if bad:
+            raise ValueError(f"sources[{i}].require: unknown modalities {bad} (known: {', '.join(MODALITIES)})")
+    if not 0.0 <= cfg.val_fraction < 1.0:
+        raise ValueError(f"val_fraction: must be in [0, 1), got {cfg.val_fraction}")
+
+
+def resolve(cfg: CorpusConfig, inputs: dict, where: str) -> tuple[CorpusConfig, dict]:
+    try:
+        check_config(cfg)
+    except ValueError as e:
+        raise ConfigError(f"{where}: with.{e}") from None
+    return cfg, {}
+
+
+@stage_kind("corpus", config=CorpusConfig, version="1", num_cpus=0, resolve=resolve,
             description="read sources (webdataset, jsonl/csv, parquet, text, demo corpora), "
                         "validate, dedup, quarantine, split")
 def corpus(ctx) -> dict[str, float]:
-    from pipelines.data.corpus_impl import run_corpus
+    import pyarrow as pa
 
-    return run_corpus(ctx)
+    from pipelines.data import schema
+    from pipelines.data.ingest import iter_results, split_of
+    from pipelines.data.writer import PartWriter
+
+    cfg: CorpusConfig = ctx.config
+    check_config(cfg)
+    started = time.time()
+    out = ctx.output_dir
+    writers = {split: PartWriter(out, split, schema.corpus_schema(), cfg.rows_per_file,
+                                 ctx.set_rows) for split in schema.SPLITS}
+    rejects = PartWriter(out, "rejects", schema.rejects_schema(), cfg.rows_per_file, ctx.set_rows)
+    dups = PartWriter(out, "duplicates", pa.schema([("sample_id", pa.string()),
+                                                    ("duplicate_of", pa.string())]),
+                      cfg.rows_per_file, ctx.set_rows)
+    limits = {s.name: s.limit for s in cfg.sources}
+    per_source: Counter = Counter()
+    count = Counter()
+    reasons: Counter = Counter()
+    modalities: Counter = Counter()
+    seen: dict[str, str] = {}
+    samples: list[dict] = []  # for the image grid artifact
+    for row in iter_results(cfg):
+        src = row["source"]
+        if limits[src] and per_source[src] >= limits[src]:
+            continue  # past the source's limit: not read (documented in SourceConfig.limit)
+        per_source[src] += 1
+        count["read"] += 1
+        if row["reason"]:
+            count["rejected"] += 1
+            reasons[row["reason"]] += 1
+            rejects.add_rows([{"source": src, "key": row["key"], "reason": row["reason"],
+                               "detail": row["detail"]}])
+            continue
+        first = seen.get(row["content_hash"]) if cfg.dedup else None
+        if first is not None:
+            count["duplicates"] += 1
+            dups.add_rows([{"sample_id": row["sample_id"], "duplicate_of": first}])
+            continue
+        seen[row["content_hash"]] = row["sample_id"]
+        count["accepted"] += 1
+        row["split"] = split_of(row["sample_id"], cfg.val_fraction)
+        count[row["split"]] += 1
+        modalities.update(row["modalities"])
+        count["combo:" + "+".join(row["modalities"])] += 1
+        writers[row["split"]].add_rows([row])
+        if row["image"] is not None and len(samples) < cfg.plot_samples:
+            samples.append(row)
+    for w in (*writers.values(), rejects, dups):
+        w.close()
+    if count["read"] != count["accepted"] + count["rejected"] + count["duplicates"]:
+        raise RuntimeError(f"corpus accounting broken: {dict(count)}")
+    seconds = time.time() - started
+    print(f"[corpus] read {count['read']} = accepted {count['accepted']} + rejected "
+          f"{count['rejected']} + duplicates {count['duplicates']}; rejected by reason "
+          f"{dict(sorted(reasons.items()))}; {count['read'] / max(seconds, 1e-9):.1f} samples/s",
+          flush=True)
+
+    ctx.schema_version = schema.CORPUS_SCHEMA_VERSION
+    ctx.extra.update({
+        "counts": {k: count[k] for k in ("read", "accepted", "rejected", "duplicates")},
+        "rows_per_split": {s: count[s] for s in schema.SPLITS},
+        "rows_per_modality": {m: modalities[m] for m in schema.MODALITIES},
+        "rows_per_combination": {k[6:]: v for k, v in sorted(count.items())
+                                 if k.startswith("combo:")},
+        "rejected_by_reason": dict(sorted(reasons.items())),
+        "read_by_source": dict(sorted(per_source.items())),
+    })
+    metrics = {k: float(count[k]) for k in ("read", "accepted", "rejected", "duplicates",
+                                            "train", "val")}
+    metrics.update({f"rejected.{r}": float(reasons[r]) for r in schema.REJECT_REASONS})
+    metrics.update({f"modality.{m}": float(modalities[m]) for m in schema.MODALITIES})
+    metrics["seconds"] = round(seconds, 3)
+    metrics["samples_per_s"] = round(count["read"] / max(seconds, 1e-9), 2)
+    ctx.log_metrics(metrics)
+    _artifacts(ctx, samples, rejects.files)
+    return metrics
+
+
+def _artifacts(ctx, samples: list[dict], reject_files: list[str]) -> None:
+    """Sample image grid and the rejects table, attached to the stage's MLflow run."""
+    import os
+
+    scratch = ctx.scratch_dir()
+    if samples:
+        from pipelines.data.plots import image_grid
+
+        path = os.path.join(scratch, "corpus_samples.png")
+        image_grid([(s["image"], s["text"] or s["sample_id"]) for s in samples], path)
+        ctx.log_artifact(path)
+    for rel in reject_files:
+        ctx.log_artifact(os.path.join(ctx.output_dir, rel), "rejects")

@@ -1,7 +1,9 @@
 """Driver side of the loop: build the ``TorchTrainer`` for a task and run it to completion.
 
-``fit`` is what a training stage calls. The Ray Train run lives under ``storage_path/name``; calling
-``fit`` again with the same two (rerunning an interrupted stage) resumes from its latest checkpoint,
+``fit_stage(ctx, task, train)`` is what a training stage calls: it owns where the Ray Train run lives
+(``<storage>/<pipeline>/<stage>/_train/<key>``), resume and fresh starts, and copying the task's export
+into the stage output. ``fit`` is the same for callers without a stage (benchmarks, tests). Calling
+either again for the same run (rerunning an interrupted stage) resumes from its latest checkpoint,
 unless ``fresh`` (a forced rerun: ``ctx.forced``) discards that run first. ``FailureConfig(max_failures)``
 restarts a run whose worker died, from that checkpoint, by itself.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipelines.train.config import TrainConfig
 from pipelines.train.loop import EXPORT_DIR, train_loop
@@ -22,6 +24,7 @@ class FitResult:
 
     metrics: dict
     checkpoint: object  # ray.train.Checkpoint
+    files: list[str] = field(default_factory=list)  # the export's files, once copied (fit_stage)
 
     @property
     def checkpoint_path(self) -> str:
@@ -38,6 +41,39 @@ class FitResult:
                 shutil.copy2(os.path.join(src, name), os.path.join(dest, name))
                 copied.append(name)
         return copied
+
+
+def train_storage_path(ctx) -> str:
+    """The Ray Train storage root of a stage: ``<storage>/<pipeline>/<stage>/_train`` (absolute for a
+    local storage: Ray Train wants an absolute path or a URI). Stable per stage, and the run inside it is
+    named by the stage key, so rerunning an interrupted stage resumes its run."""
+    root = ctx.storage_uri.rstrip("/")
+    if "://" not in root:
+        root = os.path.abspath(root)
+    return f"{root}/{ctx.pipeline}/{ctx.stage}/_train"
+
+
+def fit_stage(ctx, task, train: TrainConfig, *, export_to: str | None = None) -> FitResult:
+    """Run ``task`` for the stage of ``ctx`` and copy its export into the stage output.
+
+    Args:
+        ctx: the stage's ``StageContext`` (storage, key, MLflow run, ``forced``).
+        task: the ``TrainTask``.
+        train: loop settings (the stage config's ``train``).
+        export_to: directory the export is copied into (default ``ctx.output_dir``).
+    Returns:
+        the ``FitResult``; ``result.files`` lists the copied file names. The manifest's
+        ``extra.train_run`` records where the run lives and its final checkpoint.
+    """
+    storage_path = train_storage_path(ctx)
+    result = fit(task, train, name=ctx.key, storage_path=storage_path, tracking_uri=ctx.tracking_uri,
+                 run_id=ctx.run_id, fresh=ctx.forced)
+    dest = export_to or ctx.output_dir
+    os.makedirs(dest, exist_ok=True)
+    result.files = result.copy_export(dest)
+    ctx.extra["train_run"] = {"storage_path": storage_path, "name": ctx.key,
+                              "checkpoint": result.checkpoint_path}
+    return result
 
 
 def discard_run(storage_path: str, name: str) -> bool:

@@ -19,6 +19,7 @@ from pipelines.train.task import TrainTask
 MODEL_FILE, HEADS_FILE, PRETRAIN_FILE = "model.safetensors", "heads.safetensors", "pretrain.json"
 _COLUMNS = {"text": ["text_ids"], "image": ["pixels", "image_tokens"], "audio": ["fbank", "fbank_frames"]}
 _PAIRS = (("image", "text"), ("audio", "text"), ("image", "audio"))
+DEFAULT_CODEBOOK = 8192  # MIM head width when nothing names a codebook (BEiT v2's tokenizer)
 
 
 class ShardsError(ValueError):
@@ -40,27 +41,29 @@ class PretrainTask(TrainTask):
         self.row_bytes: dict[str, float] = {}
         self.model_config: dict = {}
         self.mim_target = cfg.mim_target
+        self.codebook_size = cfg.codebook_size or DEFAULT_CODEBOOK
         self._collator = None
+        self._recipe = None
 
     # -- driver ----------------------------------------------------------------------------------------
     def recipe(self):
-        from tasks import get_recipe
+        """The ``tasks.Recipe`` of the config (checked as at load time: an unknown key is named)."""
+        if self._recipe is None:
+            from pipelines.stages.pretrain import check_recipe
 
-        try:
-            return get_recipe(self.cfg.recipe, **self.cfg.recipe_overrides)
-        except TypeError as e:  # dataclasses.replace names the unknown field
-            raise ValueError(f"pretrain: bad recipe_overrides {sorted(self.cfg.recipe_overrides)}: {e}") from None
+            self._recipe = check_recipe(self.cfg.recipe, self.cfg.recipe_overrides, "pretrain")
+        return self._recipe
 
     def check(self) -> None:
         """Schema version, every shard file present, group counts, batch split, model config."""
         import pyarrow.parquet as pq
 
         from model import ModelConfig
-        from pipelines.data.reader import check_manifest
+        from pipelines.data.schema import check_shards
         from tasks import GROUPS, group_batch_sizes, group_of
 
         m = self.shards
-        check_manifest(m)  # UnknownSchemaVersion, naming the version and what to do
+        check_shards(m)  # UnknownSchemaVersion, naming the version and what to do
         files = [e["path"] for e in m.files if e["path"].endswith(".parquet")]
         missing = []
         for rel in files:
@@ -126,14 +129,28 @@ class PretrainTask(TrainTask):
         if self.mim_target == "tokens" and recipe.uses("mim") and not has_codes:
             raise ShardsError("pretrain: mim_target 'tokens' needs visual tokens in the shards (give the shards "
                               "stage a visual-tokenizer input) or set mim_target: pixels")
+        # what the shards fix, from their manifest (the pipeline loader filled the same values into the
+        # config from the upstream configs; a stage run on its own, by a test or a script, gets them here)
         overrides = dict(self.cfg.model)
-        if self.cfg.image_size:
-            overrides["vision"] = {**overrides.get("vision", {}), "img_size": self.cfg.image_size}
+        image_size = self.cfg.image_size or int(m.extra.get("image_resolution") or 0) or None
+        if image_size:
+            overrides["vision"] = {**overrides.get("vision", {}), "img_size": image_size}
         tok = (m.extra.get("tokenizers") or {}).get("text") or {}
         if tok.get("vocab_size"):
             overrides.setdefault("text", {})
             overrides["text"] = {**overrides["text"], "vocab_size": int(tok["vocab_size"])}
-        self.model_config = ModelConfig.from_size(self.cfg.size, **overrides).to_dict()
+        config = ModelConfig.from_overrides(self.cfg.size, overrides, "pretrain: with.model")
+        visual = (m.extra.get("tokenizers") or {}).get("visual") or {}
+        self.codebook_size = self.cfg.codebook_size or visual.get("codebook_size") or DEFAULT_CODEBOOK
+        if self.mim_target == "tokens" and visual.get("patch_size"):
+            grid = (visual["image_resolution"] // visual["patch_size"]) ** 2
+            if (config.vision.num_patches, self.codebook_size) != (grid, visual["codebook_size"]):
+                raise ShardsError(
+                    f"pretrain: the model's {config.vision.num_patches} patches and {self.codebook_size} codes do "
+                    f"not match the visual tokens of stage {m.stage!r} ({grid} per image from a "
+                    f"{visual['codebook_size']}-code tokenizer at {visual['image_resolution']} px / patch "
+                    f"{visual['patch_size']}); leave image_size, model.vision.patch_size and codebook_size unset")
+        self.model_config = config.to_dict()
 
     def datasets(self) -> dict:
         from pipelines.data.reader import read_shards
@@ -194,7 +211,7 @@ class PretrainTask(TrainTask):
         from tasks import PretrainModel
 
         mc = ModelConfig.from_dict({**self.model_config, "checkpoint_activations": train.activation_checkpointing})
-        return PretrainModel(mc, self.recipe(), mim_target=self.mim_target, codebook_size=self.cfg.codebook_size,
+        return PretrainModel(mc, self.recipe(), mim_target=self.mim_target, codebook_size=self.codebook_size,
                              embed_dim=self.cfg.embed_dim, mask_id=self.collator.spec.mask_id)
 
     def collate(self, stream: str, batch: dict):
@@ -296,26 +313,3 @@ class PretrainTask(TrainTask):
                        "recipe_overrides": self.cfg.recipe_overrides, "mim_target": self.mim_target,
                        "stream_batch_sizes": self.sizes}, f, indent=2, sort_keys=True)
         return [MODEL_FILE, HEADS_FILE, PRETRAIN_FILE]
-
-
-def run_pretrain(ctx) -> dict[str, float]:
-    """Body of the ``pretrain`` stage kind."""
-    from pipelines.train.launch import fit
-
-    cfg = ctx.config
-    task = PretrainTask(cfg, ctx.input("shards"))
-    root = ctx.storage_uri.rstrip("/")
-    storage_path = f"{root}/{ctx.pipeline}/{ctx.stage}/_train"  # stable per stage: a rerun resumes
-    result = fit(task, cfg.train, name=ctx.key, storage_path=storage_path, tracking_uri=ctx.tracking_uri,
-                 run_id=ctx.run_id, fresh=ctx.forced)
-    files = result.copy_export(ctx.output_dir)
-    ctx.extra.update({"model_config": task.model_config, "recipe": cfg.recipe, "mim_target": task.mim_target,
-                      "stream_batch_sizes": task.sizes, "dropped_groups": task.dropped,
-                      "shard_counts": task.counts, "in_memory_groups": task.in_memory, "files": files,
-                      "train_run": {"storage_path": storage_path, "name": ctx.key,
-                                    "checkpoint": result.checkpoint_path}})
-    metrics = {k: float(v) for k, v in result.metrics.items()
-               if isinstance(v, (int, float)) and not k.startswith("memory/")}
-    print(f"[pretrain] {int(metrics.get('step', 0))} steps, loss {metrics.get('loss', float('nan')):.4f}; "
-          + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith("val/") and "r@1" in k), flush=True)
-    return metrics

@@ -41,7 +41,7 @@ def image_dataset(corpus, split: str, resolution: int, limit: int = 0, shuffle_s
         cache: materialize (decode once; later epochs read the object store).
     """
     from pipelines.data.raycompat import ensure_ray
-    from pipelines.data.shards_impl import plan_units
+    from pipelines.data.shards_plan import plan_units
 
     units = plan_units(corpus, split)
     if not units:

@@ -1,7 +1,7 @@
 """The shards contract: `extra.encoder = "pipelines.visual_tokenizer.encoder:load_encoder"`.
 
 `pipelines.data.featurize.load_visual_encoder(manifest)` imports this function and calls it with the
-visual-tokenizer stage's manifest, once per Ray actor; the returned callable maps uint8 pixels
+visual-tokenizer stage's manifest, once per shards worker process; the returned callable maps uint8 pixels
 (B, 3, R, R) to int16 ids (B, grid * grid), one per patch, row-major.
 """
 
@@ -12,11 +12,15 @@ import tempfile
 
 import numpy as np
 
-from pipelines.visual_tokenizer.layout import CONFIG_REL, WEIGHTS_REL
+# Where the visual-tokenizer stage puts its files inside its output directory, and the function its
+# manifest names (`extra.encoder`) for the shards stage to load it with.
+WEIGHTS_REL = "tokenizer/visual_tokenizer.safetensors"
+CONFIG_REL = "tokenizer/visual_tokenizer.json"
+ENCODER_TARGET = "pipelines.visual_tokenizer.encoder:load_encoder"
 
 
 class TokenEncoder:
-    """A loaded tokenizer as a plain callable (what the shards actors hold).
+    """A loaded tokenizer as a plain callable (what a shards worker process holds).
 
     Args:
         model: a `model.visual_tokenizer.VQKD` in eval mode.
@@ -36,7 +40,8 @@ class TokenEncoder:
         pixels = np.asarray(pixels)
         R = self.resolution
         if pixels.ndim != 4 or pixels.shape[1:] != (3, R, R):
-            # the load-time check (pipelines.visual_tokenizer.checks) should make this unreachable
+            # the shards stage takes its resolution from the tokenizer when the pipeline loads, so only
+            # a stage run on its own with another resolution gets here
             raise ValueError(f"{self.name} was trained at {R}x{R} px (patch {self.patch}, grid "
                              f"{self.grid}x{self.grid}) but got pixels {pixels.shape}; make the shards "
                              f"stage's image_resolution {R} or retrain the tokenizer at the new size")
@@ -66,3 +71,21 @@ def load_encoder(manifest) -> TokenEncoder:
         enc = load_local(tmp, int(info.get("encode_batch_size", 32)))
     enc.name = f"visual tokenizer {manifest.stage!r}"
     return enc
+
+
+def code_usage(encoder: TokenEncoder, pixels: np.ndarray, codebook_size: int):
+    """Usage figures of a tokenizer over ``pixels`` (n, 3, R, R) uint8.
+
+    Returns:
+        ({usage, perplexity, codes_used, images}, ids (n, N) int64, per-code counts (codebook_size,)).
+    """
+    import torch
+
+    from model.vector_quantizer import NormEMAVectorQuantizer
+
+    ids = encoder(pixels).astype(np.int64)  # (n, N)
+    usage, perplexity = NormEMAVectorQuantizer.usage(torch.from_numpy(ids), codebook_size)
+    counts = np.bincount(ids.reshape(-1), minlength=codebook_size)
+    return ({"usage": usage, "perplexity": perplexity, "codes_used": float((counts > 0).sum()),
+             "images": float(len(pixels))}, ids, counts)
+

@@ -61,7 +61,7 @@ class VQKDTask(TrainTask):
         return torch.from_numpy(batch["pixels"])  # (B, 3, R, R) uint8
 
     def prepare(self, batch: dict[str, Any], *, step: int, rank: int, device, dtype):
-        from model.visual_tokenizer import to_float_pixels
+        from model.pixels import to_float_pixels
 
         return to_float_pixels(batch["images"].to(device)).to(dtype)  # (B, 3, R, R) in [-1, 1]
 
@@ -75,7 +75,7 @@ class VQKDTask(TrainTask):
         import torch
 
         from model.vector_quantizer import NormEMAVectorQuantizer
-        from model.visual_tokenizer import to_float_pixels
+        from model.pixels import to_float_pixels
 
         ids, rec, n = [], 0.0, 0
         with torch.inference_mode():

@@ -13,8 +13,9 @@ import soundfile as sf
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 import pipelines.stages  # noqa: E402,F401
-from pipelines.data.config import (CorpusConfig, ShardsConfig, SourceConfig,  # noqa: E402
-                                   TextTokenizerConfig)
+from pipelines.stages.corpus import CorpusConfig, SourceConfig  # noqa: E402
+from pipelines.stages.shards import ShardsConfig  # noqa: E402
+from pipelines.stages.text_tokenizer import TextTokenizerConfig  # noqa: E402
 from pipelines.data.reader import decode_pixels, read_shards  # noqa: E402
 from pipelines.execute import execute_stage  # noqa: E402
 from pipelines.manifest import Manifest  # noqa: E402

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from model.vector_quantizer import NormEMAVectorQuantizer
-from model.visual_tokenizer import VQKD, VQKDConfig, patchify, unpatchify, to_float_pixels
+from model.pixels import patchify, to_float_pixels, unpatchify
+from model.visual_tokenizer import VQKD, VQKDConfig
 
 STAMPS = "/usr/share/tuxpaint/stamps"
 RES = 32

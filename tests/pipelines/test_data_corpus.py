@@ -19,7 +19,7 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 import pipelines.stages  # noqa: E402,F401 - registers the kinds
 from pipelines.data import schema  # noqa: E402
-from pipelines.data.config import CorpusConfig, ImageLimits, SourceConfig, TextLimits  # noqa: E402
+from pipelines.stages.corpus import CorpusConfig, ImageLimits, SourceConfig, TextLimits  # noqa: E402
 from pipelines.execute import execute_stage  # noqa: E402
 from pipelines.storage import Storage  # noqa: E402
 

@@ -16,8 +16,9 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 import pipelines.stages  # noqa: E402,F401
 from pipelines.data import schema  # noqa: E402
-from pipelines.data.config import (CorpusConfig, ShardsConfig, SourceConfig,  # noqa: E402
-                                   TextTokenizerConfig)
+from pipelines.stages.corpus import CorpusConfig, SourceConfig  # noqa: E402
+from pipelines.stages.shards import ShardsConfig  # noqa: E402
+from pipelines.stages.text_tokenizer import TextTokenizerConfig  # noqa: E402
 from pipelines.data.fbank import decode_fbank, log_mel  # noqa: E402
 from pipelines.data.reader import UnknownSchemaVersion, decode_pixels, read_shards  # noqa: E402
 from pipelines.execute import execute_stage  # noqa: E402
@@ -154,7 +155,8 @@ def test_whole_and_cut_parts_match_a_plain_loop(built, tmp_path):
     import pyarrow as pa
 
     from pipelines.data.featurize import Featurizer
-    from pipelines.data.shards_impl import plan_chunks, plan_parts, write_shards
+    from pipelines.data.shards_build import write_shards
+    from pipelines.data.shards_plan import plan_chunks, plan_parts
     from pipelines.data.writer import PartWriter
 
     corpus, tok, _, shards, _ = built

@@ -10,7 +10,7 @@ import soundfile as sf
 from PIL import Image
 
 from pipelines.data.audio import load_audio_16k, normalize_audio
-from pipelines.data.config import AudioLimits, ImageLimits, TextLimits
+from pipelines.stages.corpus import AudioLimits, ImageLimits, TextLimits
 from pipelines.data.image import image_pixels, normalize_image
 from pipelines.data.text import Rejected, normalize_text
 

@@ -12,12 +12,15 @@ import pytest
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 import pipelines.stages  # noqa: E402,F401
-from pipelines.data.config import CorpusConfig, ShardsConfig, SourceConfig, TextTokenizerConfig  # noqa: E402
+from pipelines.stages.corpus import CorpusConfig, SourceConfig  # noqa: E402
+from pipelines.stages.shards import ShardsConfig  # noqa: E402
+from pipelines.stages.text_tokenizer import TextTokenizerConfig  # noqa: E402
 from pipelines.execute import execute_stage  # noqa: E402
 from pipelines.manifest import Manifest  # noqa: E402
 from pipelines.storage import Storage  # noqa: E402
 from pipelines.train.config import TrainConfig  # noqa: E402
-from pipelines.visual_tokenizer.config import TokenizerArch, VisualTokenizerConfig  # noqa: E402
+from model.vqkd_config import VQKDConfig as TokenizerArch  # noqa: E402
+from pipelines.stages.visual_tokenizer import VisualTokenizerConfig  # noqa: E402
 
 RES, PATCH, CODES = 32, 8, 16
 

@@ -14,7 +14,7 @@ import importlib
 import os
 from typing import Iterator
 
-from pipelines.data.config import SourceConfig
+from pipelines.stages.corpus import SourceConfig
 
 _MODULES = {"webdataset": "webdataset", "jsonl": "index", "csv": "index", "parquet": "parquet",
             "text": "texttree", "tuxpaint": "demo", "asterisk": "demo", "digits": "demo"}

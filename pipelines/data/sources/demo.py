@@ -15,7 +15,7 @@ import io
 import os
 from typing import Iterator
 
-from pipelines.data.config import SourceConfig
+from pipelines.stages.corpus import SourceConfig
 from pipelines.data.records import raw_record
 from pipelines.data.sources import chunk, list_files
 

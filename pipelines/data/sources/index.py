@@ -13,7 +13,7 @@ import json
 import os
 from typing import Iterator
 
-from pipelines.data.config import SourceConfig
+from pipelines.stages.corpus import SourceConfig
 from pipelines.data.records import raw_record, reject_record
 from pipelines.data.sources import list_files, unsafe_relpath
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Iterator
 
-from pipelines.data.config import SourceConfig
+from pipelines.stages.corpus import SourceConfig
 from pipelines.data.records import raw_record, reject_record
 from pipelines.data.sources import list_files
 

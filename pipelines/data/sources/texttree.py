@@ -11,7 +11,7 @@ import os
 import re
 from typing import Iterator
 
-from pipelines.data.config import SourceConfig
+from pipelines.stages.corpus import SourceConfig
 from pipelines.data.records import raw_record, reject_record
 from pipelines.data.sources import chunk, list_files
 

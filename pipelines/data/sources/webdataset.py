@@ -7,6 +7,13 @@ here, because Ray's and webdataset's readers would silently yield half samples:
 - a member path that is absolute or contains `..` -> unsafe_path
 - a media extension omniway does not read          -> unsupported_format
 - the tar itself unreadable                        -> read_error (one reject for the file)
+
+Member bytes are read through webdataset's own `tariterators.tar_file_iterator` (a
+streaming `r|*` pass, so each byte of the tar is read once, in order). The member list
+that decides the grouping comes from the tar headers instead (see `_member_names`).
+Importing webdataset imports torch (webdataset/__init__ -> compat -> pytorch): about a
+second and ~200 MB of RSS per read-task process, paid only by processes that read a
+webdataset source (the import is inside `read`).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import re
 import tarfile
 from typing import Iterator
 
-from pipelines.data.config import SourceConfig
+from pipelines.stages.corpus import SourceConfig
 from pipelines.data.records import raw_record, reject_record
 from pipelines.data.sources import list_files, unsafe_relpath
 
@@ -42,27 +49,103 @@ def read(src: SourceConfig, unit: dict) -> Iterator[dict]:
     path = unit["files"][0]
     shard = os.path.basename(path)
     try:
-        with tarfile.open(path, "r:*") as tar:
-            members = [m for m in tar.getmembers() if m.isfile()]
-            yield from _samples(src, shard, tar, members)
+        names = _member_names(path)
+        with open(path, "rb") as f:
+            yield from _samples(src, shard, names, _MemberBytes(f, names))
     except (tarfile.TarError, OSError, EOFError) as e:
         yield reject_record(src.name, shard, "read_error", f"{type(e).__name__}: {e}"[:300])
 
 
-def _samples(src, shard, tar, members) -> Iterator[dict]:
-    # Group adjacent members by key, remembering keys that come back later.
-    groups: list[tuple[str, list]] = []
+def _member_names(path: str) -> list[str]:
+    """Names of the tar's regular files, in tar order, from the headers alone (data is seeked past).
+
+    Hand-written with tarfile because webdataset has no header-only listing, and its
+    `tar_file_iterator` never shows a top-level name of the form `__*__` (hard-coded, not
+    turned off by `skip_meta=None`); omniway groups those too, so a sample with such a
+    member in the middle is still a split_sample, as it always was. An unreadable tar raises
+    here, before any sample of it is yielded: one read_error for the file.
+    """
+    with tarfile.open(path, "r:*") as tar:
+        return [m.name for m in tar.getmembers() if m.isfile()]
+
+
+def _hidden_by_webdataset(name: str) -> bool:
+    # tar_file_iterator's own meta rule (webdataset 1.0): `continue` before select_files is asked
+    return "/" not in name and name.startswith("__") and name.endswith("__")
+
+
+class _MemberBytes:
+    """The bytes of chosen members, read in tar order by webdataset's `tar_file_iterator`.
+
+    `get(i)` returns the data of `names[i]`; calls must come in increasing `i`. The iterator
+    is a generator that asks `select_files` about each member when it reaches it, so the
+    answer is "only the member asked for now": members nobody asks for (those of samples
+    rejected as split or for their paths, or after an early reject) are skipped unread, as
+    `extractfile` skipped them before. Errors reach the caller (webdataset's default handler,
+    reraise_exception) instead of being skipped.
+
+    Args:
+        fileobj: the tar file, open for binary reading at offset 0.
+        names: `_member_names` of that tar.
+    """
+
+    def __init__(self, fileobj, names: list[str]):
+        from webdataset.tariterators import tar_file_iterator
+
+        self._fileobj = fileobj
+        self._names = names
+        # positions (in `names`) of the members tar_file_iterator will ask select_files about
+        self._visible = [i for i, n in enumerate(names) if not _hidden_by_webdataset(n)]
+        self._asked = 0      # select_files calls so far
+        self._wanted = -1    # position whose bytes get() wants
+        self._it = tar_file_iterator(fileobj, skip_meta=None, select_files=self._select)
+
+    def _select(self, fname: str) -> bool:
+        if self._asked >= len(self._visible) or self._names[self._visible[self._asked]] != fname:
+            # a webdataset that filters members differently would shift every member after it
+            raise RuntimeError(f"webdataset's tar_file_iterator offered {fname!r} where omniway's "
+                               "header index expected another member: this webdataset version "
+                               "filters tar members differently; omniway would misread the tar")
+        pos = self._visible[self._asked]
+        self._asked += 1
+        return pos == self._wanted
+
+    def get(self, i: int) -> bytes:
+        if _hidden_by_webdataset(self._names[i]):
+            raise AssertionError(f"{self._names[i]!r}: webdataset never yields this member")
+        self._wanted = i
+        try:
+            item = next(self._it)
+        except StopIteration:
+            raise tarfile.ReadError(f"{self._names[i]}: missing from the tar stream") from None
+        except (tarfile.TarError, OSError, EOFError) as e:
+            # webdataset appends " @ <file object>" (an absolute path) to the message; drop it so
+            # the reject's detail, part of the corpus output, stays what it was and portable
+            suffix = f" @ {self._fileobj}"
+            if e.args and isinstance(e.args[0], str) and e.args[0].endswith(suffix):
+                e.args = (e.args[0][:-len(suffix)],) + e.args[1:]
+            raise
+        assert item["fname"] == self._names[i], (item["fname"], self._names[i])
+        return item["data"]
+
+
+def _samples(src, shard, names: list[str], member_bytes: _MemberBytes) -> Iterator[dict]:
+    # Group adjacent members by key, remembering keys that come back later. Not webdataset's
+    # group_by_keys: it starts a new sample whenever the key changes, so a key whose members are
+    # not adjacent comes out as two half samples; it also drops names without a dot and raises
+    # on a repeated extension. A split key is only known at the end of the tar, hence the index.
+    groups: list[tuple[str, list[int]]] = []  # (key, positions in `names`), tar order
     seen: set[str] = set()
     split: set[str] = set()
-    for m in members:
-        key, _ = split_key(m.name)
+    for i, name in enumerate(names):
+        key, _ = split_key(name)
         if groups and groups[-1][0] == key:
-            groups[-1][1].append(m)
+            groups[-1][1].append(i)
             continue
         if key in seen:
             split.add(key)
         seen.add(key)
-        groups.append((key, [m]))
+        groups.append((key, [i]))
     reported: set[str] = set()
     for key, group in groups:
         sample_key = f"{shard}/{key}"
@@ -72,21 +155,25 @@ def _samples(src, shard, tar, members) -> Iterator[dict]:
                 yield reject_record(src.name, sample_key, "split_sample",
                                     "members of this key are not adjacent in the tar")
             continue
-        bad = [m.name for m in group if unsafe_relpath(m.name)]
+        bad = [names[i] for i in group if unsafe_relpath(names[i])]
         if bad:
             yield reject_record(src.name, sample_key, "unsafe_path", ", ".join(bad)[:300])
             continue
-        yield _assemble(src, sample_key, tar, group)
+        yield _assemble(src, sample_key, names, group, member_bytes)
 
 
-def _assemble(src, sample_key, tar, group) -> dict:
+def _assemble(src, sample_key, names, group, member_bytes: _MemberBytes) -> dict:
     fields: dict = {}
-    for m in group:
-        ext = split_key(m.name)[1]
+    for i in group:
+        ext = split_key(names[i])[1]
         last = ext.rsplit(".", 1)[-1]
         if last in UNSUPPORTED_MEDIA:
-            return reject_record(src.name, sample_key, "unsupported_format", f"member {m.name}")
-        data = tar.extractfile(m).read()
+            return reject_record(src.name, sample_key, "unsupported_format", f"member {names[i]}")
+        if _hidden_by_webdataset(names[i]):
+            # never yielded by webdataset; its extension ends in "__" (or it has none), which
+            # no field uses, so only its place in the grouping matters
+            continue
+        data = member_bytes.get(i)
         if last in IMAGE_EXTS:
             fields["image"], fields["image_ext"] = data, last
         elif last in AUDIO_EXTS:

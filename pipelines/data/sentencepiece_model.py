@@ -1,29 +1,15 @@
-"""Body of the `text-tokenizer` kind: a sentencepiece model trained on corpus text, or adopted.
+"""Sentencepiece models for the `text-tokenizer` stage: its training text, training, and the checks.
 
-Trained: BPE (by default) on the train split's text, one line per sentence in corpus
-order, ids fixed as pad=0, unk=1, bos=2, eos=3, then `special_tokens` (mask, modality
-placeholders) as user-defined pieces 4, 5, ... Deterministic for a seed: input order
-is fixed, shuffling is off and sentencepiece's generator is seeded.
-
-Adopted (`model_path`): the file is copied and must define pad/unk/bos/eos and every
-special token, or the stage fails naming what is missing.
-
-Output: `text.model`; manifest extra `tokenizer` with
-ids, vocab size and sha256 (the fingerprint shards record).
+Training is deterministic for a seed: input order is fixed, shuffling is off and sentencepiece's
+generator is seeded; no file path ends up inside the model proto.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import time
-
-from pipelines.data.config import TextTokenizerConfig
-
 MODEL_NAME = "text.model"
 
 
-def write_training_text(corpus_manifest, cfg: TextTokenizerConfig, path: str) -> int:
+def write_training_text(corpus_manifest, cfg, path: str) -> int:
     """Corpus train-split text -> one sentence per line at `path`; returns lines written."""
     import pyarrow.parquet as pq
 
@@ -46,7 +32,7 @@ def write_training_text(corpus_manifest, cfg: TextTokenizerConfig, path: str) ->
     return n
 
 
-def train(cfg: TextTokenizerConfig, text_path: str, model_path: str) -> None:
+def train(cfg, text_path: str, model_path: str) -> None:
     """Train from `text_path` and write the model to `model_path`.
 
     Lines are fed through an iterator and the model comes back through a writer, so no
@@ -77,7 +63,7 @@ def _train(spm, cfg, sentences, writer) -> None:
         num_threads=cfg.num_threads, minloglevel=2)
 
 
-def describe(model_path: str, cfg: TextTokenizerConfig) -> dict:
+def describe(model_path: str, cfg) -> dict:
     """Validate a model has what the multiway model needs; return ids and fingerprint."""
     import sentencepiece as spm
 
@@ -99,32 +85,3 @@ def describe(model_path: str, cfg: TextTokenizerConfig) -> dict:
                          "missing special tokens from `special_tokens`.")
     return {"model": MODEL_NAME, "vocab_size": sp.get_piece_size(), "ids": ids,
             "sha256": sha256_file(model_path), "model_type": cfg.model_type}
-
-
-def run_text_tokenizer(ctx) -> dict[str, float]:
-    cfg: TextTokenizerConfig = ctx.config
-    started = time.time()
-    model = os.path.join(ctx.output_dir, MODEL_NAME)
-    lines = 0
-    if cfg.model_path:
-        if not os.path.isfile(cfg.model_path):
-            raise FileNotFoundError(f"text-tokenizer: model_path {cfg.model_path!r} does not exist")
-        shutil.copyfile(cfg.model_path, model)
-    else:
-        text_path = os.path.join(ctx.scratch_dir(), "train.txt")
-        lines = write_training_text(ctx.input("corpus"), cfg, text_path)
-        if lines == 0:
-            raise ValueError("text-tokenizer: the corpus train split has no text to train on")
-        train(cfg, text_path, model)
-        shutil.rmtree(os.path.dirname(text_path), ignore_errors=True)
-    info = describe(model, cfg)
-    info["trained"] = not cfg.model_path
-    ctx.extra["tokenizer"] = info
-    seconds = time.time() - started
-    metrics = {"vocab_size": float(info["vocab_size"]), "train_lines": float(lines),
-               "seconds": round(seconds, 3),
-               "lines_per_s": round(lines / max(seconds, 1e-9), 1)}
-    print(f"[text-tokenizer] {'trained on ' + str(lines) + ' lines' if lines else 'adopted'}: "
-          f"vocab {info['vocab_size']}, sha256 {info['sha256'][:12]}", flush=True)
-    ctx.log_metrics(metrics)
-    return metrics
