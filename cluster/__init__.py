@@ -5,5 +5,9 @@
 - `kuberay/rayjob.yaml`: a pipeline run as a KubeRay `RayJob`.
 - `launcher/aws.yaml`: a Ray cluster launcher config.
 
-Submission itself is `omniway submit` / `omniway jobs` (Ray Jobs API).
+- `jobs.py`: `omniway submit` / `omniway jobs`, the Ray Jobs client (it adds those
+  subcommands to the `omniway` command line).
+
+cluster/ may import pipelines' public API (`pipelines.config.load_pipeline`); nothing
+in pipelines, tasks or model imports cluster.
 """

@@ -13,6 +13,7 @@ Standard library only: the pipeline planner loads model and stage configs with i
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Literal, Union
@@ -23,9 +24,10 @@ class ConfigError(ValueError):
 
 
 def type_name(tp: Any) -> str:
+    """``list[SourceConfig]`` for ``list[pipelines.stages.corpus.SourceConfig]``: names, not module paths."""
     if isinstance(tp, type):
         return tp.__name__
-    return str(tp).replace("typing.", "")
+    return re.sub(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)", r"\1", str(tp))
 
 
 def convert(tp: Any, value: Any, path: str) -> Any:

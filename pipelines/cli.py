@@ -7,11 +7,16 @@ need them, so `omniway --help` and a fully cached `omniway run` stay fast.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
+# Modules adding subcommands through `add_commands(subparsers, this_module)`: `omniway submit` and
+# `omniway jobs` come from cluster/ (imported by name: pipelines does not depend on cluster).
+COMMAND_MODULES: tuple[str, ...] = ("cluster.jobs",)
 
-def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
+
+def add_pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("pipeline", help="pipeline YAML file, e.g. pipelines/configs/demo.yaml")
     _add_store_args(p)
     p.add_argument("--tracking-uri", default=None,
@@ -31,7 +36,7 @@ def _add_store_args(p: argparse.ArgumentParser, when: str = "") -> None:
                    help=f"{when}storage root (local path or pyarrow.fs URI); overrides the pipeline's")
 
 
-def _add_selection_args(p: argparse.ArgumentParser) -> None:
+def add_selection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", action="append", default=[], metavar="STAGE",
                    help="run just this stage (repeatable); its inputs must be cached")
     p.add_argument("--from", dest="from_", metavar="STAGE", help="run STAGE and everything below it")
@@ -47,44 +52,40 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the stale stages of a pipeline")
-    _add_pipeline_args(run)
-    _add_selection_args(run)
+    add_pipeline_args(run)
+    add_selection_args(run)
     run.add_argument("--address", default=None,
                      help="Ray cluster to run on (default: $RAY_ADDRESS, else an embedded local Ray)")
+    run.set_defaults(handler=cmd_run)
 
     status = sub.add_parser("status", help="state, key, last run and MLflow run of each stage")
-    _add_pipeline_args(status)
+    add_pipeline_args(status)
+    status.set_defaults(handler=cmd_status)
 
     stages = sub.add_parser("stages", help="registered stage kinds with their config fields")
     stages.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="also import MODULE, which registers more stage kinds (repeatable)")
-
-    submit = sub.add_parser("submit", help="submit `omniway run` to a Ray cluster as a Ray Job")
-    _add_pipeline_args(submit)
-    _add_selection_args(submit)
-    submit.add_argument("--address", required=True,
-                        help="Ray Jobs address of the head, e.g. http://127.0.0.1:8265")
-    submit.add_argument("--working-dir", default=".",
-                        help="directory shipped to the cluster as the job's working dir (default: .)")
-    submit.add_argument("--wait", action="store_true",
-                        help="stream the job's logs and exit with its outcome")
+    stages.set_defaults(handler=cmd_stages)
 
     export = sub.add_parser("export", help="write a pretrain stage's weights as omniway safetensors or a "
-                                           "torchscale BEiT-3 checkpoint")
-    export.add_argument("source", help="a pretrain stage output directory, or PIPELINE.yaml with --stage")
+                                           "torchscale BEiT-3 checkpoint, or a corpus / shards stage as "
+                                           "webdataset tars")
+    export.add_argument("source", help="a stage output directory (pretrain; corpus or shards for webdataset), "
+                                       "or PIPELINE.yaml with --stage")
     export.add_argument("--stage", default=None, help="with a pipeline file: export this stage's output for "
                                                       "its current config")
-    export.add_argument("--format", dest="fmt", choices=["omniway", "beit3"], default="omniway",
+    export.add_argument("--format", dest="fmt", choices=["omniway", "beit3", "webdataset"], default="omniway",
                         help="omniway: a directory with model.safetensors, config.json and the heads; beit3: "
-                             "a .pt file in unilm's layout (vision+text models only) (default: omniway)")
-    export.add_argument("--out", required=True, help="output directory (omniway) or .pt file (beit3)")
+                             "a .pt file in unilm's layout (vision+text models only); webdataset (corpus or "
+                             "shards stages): <split>/NNNNN.tar shards in the img2dataset / open_clip layout "
+                             "(default: omniway)")
+    export.add_argument("--out", required=True, help="output directory (omniway; webdataset: new or empty) or "
+                                                     ".pt file (beit3)")
     _add_store_args(export, when="with a pipeline file, as the run had it: ")
+    export.set_defaults(handler=cmd_export)
 
-    jobs = sub.add_parser("jobs", help="list, follow or stop submitted runs")
-    jobs.add_argument("action", choices=["list", "logs", "stop", "status"])
-    jobs.add_argument("job_id", nargs="?")
-    jobs.add_argument("--address", default=os.environ.get("RAY_JOBS_ADDRESS", "http://127.0.0.1:8265"))
-    jobs.add_argument("--follow", action="store_true", help="with logs: stream until the job ends")
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_commands(sub, sys.modules[__name__])
     return parser
 
 
@@ -140,15 +141,9 @@ def cmd_stages(args) -> int:
         print("no stage kinds are registered")
     for kind in all_kinds().values():
         print(f"{kind.name}  (version {kind.version}, num_cpus {kind.num_cpus:g})  {kind.description}")
-        for name, tp, default in describe_fields(kind.config):
-            print(f"    {name}: {tp} = {default}")
+        for name, tp, default, doc in describe_fields(kind.config):
+            print(f"    {name}: {tp} = {default}" + (f"  -- {doc}" if doc else ""))
     return 0
-
-
-def cmd_submit(args) -> int:
-    from pipelines.jobs import submit_run
-
-    return submit_run(args)
 
 
 def cmd_export(args) -> int:
@@ -168,12 +163,6 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_jobs(args) -> int:
-    from pipelines.jobs import jobs_command
-
-    return jobs_command(args)
-
-
 def main(argv: list[str] | None = None) -> int:
     from pipelines.allocator_env import apply_to_this_process
 
@@ -183,8 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     # current directory, as `python -m` would.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    handler = {"run": cmd_run, "status": cmd_status, "stages": cmd_stages,
-               "submit": cmd_submit, "jobs": cmd_jobs, "export": cmd_export}[args.command]
+    handler = args.handler
     from pipelines.typed import ConfigError
 
     try:

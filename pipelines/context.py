@@ -24,7 +24,6 @@ class StageContext:
         inputs: upstream stage name -> its committed `Manifest`, in `needs` order.
         output_dir: a fresh local directory; everything written here becomes the
             stage output when the function returns without raising.
-        output_uri: where the output will live once committed.
         run_id: this stage's MLflow run id (None when tracking is off).
         tracking_uri: the MLflow tracking URI to log to.
         storage_uri: the storage root, for stages that write straight to it.
@@ -39,7 +38,6 @@ class StageContext:
     config: Any
     inputs: dict[str, Manifest]
     output_dir: str
-    output_uri: str
     run_id: str | None = None
     tracking_uri: str | None = None
     storage_uri: str = ""
@@ -97,18 +95,13 @@ class StageContext:
         return self._client
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        """Log metrics to this stage's MLflow run (no-op when tracking is off)."""
+        """Log metrics to this stage's MLflow run (no-op when tracking is off). What the stage function
+        returns is logged by the runner when the stage ends: this is for metrics along the way."""
         if not self.client or not metrics:
             return
-        import time
+        from pipelines.tracking import log_metrics
 
-        from mlflow.entities import Metric
-
-        from pipelines.tracking import metric_name
-
-        now = int(time.time() * 1000)
-        batch = [Metric(metric_name(k), float(v), now, step or 0) for k, v in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        log_metrics(self.client, self.run_id, metrics, step or 0)
 
     def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
         """Attach a file (a plot, a table) to this stage's MLflow run."""

@@ -40,7 +40,7 @@ def execute_stage(*, pipeline: str, stage: str, kind: str, key: str, config: Any
     for manifest in inputs.values():
         manifest.storage_uri = manifest.storage_uri or storage.root
     ctx = StageContext(pipeline=pipeline, stage=stage, kind=kind, key=key, config=config,
-                       inputs=inputs, output_dir=work_dir, output_uri=storage.uri(output_dir),
+                       inputs=inputs, output_dir=work_dir,
                        run_id=run_id, tracking_uri=tracking_uri,
                        storage_uri=storage.uri_root if not storage.local else storage.root, forced=forced)
     started = time.time()

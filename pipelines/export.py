@@ -1,4 +1,5 @@
-"""`omniway export`: a pretrain stage output -> omniway safetensors, or a torchscale / unilm BEiT-3 checkpoint.
+"""`omniway export`: a pretrain stage output -> omniway safetensors, or a torchscale / unilm BEiT-3 checkpoint;
+a corpus or shards stage output -> webdataset tar shards.
 
 The source is a committed stage output directory (``<storage>/<pipeline>/<stage>/<key>/``), or a pipeline
 file and a stage name, resolved to the output of the stage's *current* cache key the way ``omniway run``
@@ -12,6 +13,8 @@ Formats:
              torchscale's ``BEiT3`` loads strictly, plus ``<name>.json`` holding the ``EncoderConfig``
              arguments that build that ``BEiT3`` (attention heads cannot be read from the weights).
              Key mapping is ``model.interop.beit3``'s; a config it cannot map is refused with its reasons.
+    webdataset  a directory of tars ``<split>/NNNNN.tar`` (img2dataset / open_clip layout) from a corpus or
+             shards output: ``pipelines.webdataset_export``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from pathlib import Path
 
 from pipelines.train.pretrain_task import HEADS_FILE, MODEL_FILE, PRETRAIN_FILE
 
-FORMATS = ("omniway", "beit3")
+FORMATS = ("omniway", "beit3", "webdataset")
+# the stage kinds each format takes (omniway / beit3: any output holding the pretrain files)
+FORMAT_KINDS = {"omniway": "pretrain", "beit3": "pretrain", "webdataset": "corpus, shards"}
 
 
 class ExportError(ValueError):
@@ -96,7 +101,8 @@ def _open_source(output_dir: str, storage_root: str | None, tmp: str) -> _Source
              if (n in listed if manifest else os.path.exists(os.path.join(output_dir, n)))]
     if MODEL_FILE not in names:
         what = f"stage {manifest['stage']!r} (kind {manifest['kind']!r})" if manifest else output_dir
-        raise ExportError(f"{what} output has no {MODEL_FILE}: not a pretrain stage output")
+        raise ExportError(f"{what} output has no {MODEL_FILE}: not a pretrain stage output (formats take: "
+                          + "; ".join(f"{f}: {k}" for f, k in FORMAT_KINDS.items()) + ")")
     local = output_dir
     try:
         if store is not None:
@@ -183,11 +189,12 @@ def _write_beit3(config, backbone: dict, dest: str) -> tuple[list[str], list[str
 
 def export(source: str, fmt: str, out: str, *, stage: str | None = None, overrides: list[str] | None = None,
            workdir: str = ".omniway", storage: str | None = None) -> ExportResult:
-    """Export a pretrain stage output.
+    """Export a pretrain stage output (omniway, beit3), or a corpus or shards output (webdataset).
 
     Args:
         source: a stage output directory, or a pipeline YAML file (then ``stage`` names the stage).
-        fmt: ``omniway`` (``out`` is a directory) or ``beit3`` (``out`` is a ``.pt`` file).
+        fmt: ``omniway`` (``out`` is a directory), ``beit3`` (``out`` is a ``.pt`` file) or ``webdataset``
+            (``out`` is a new or empty directory).
         out: where to write.
         stage: with a pipeline file: the stage whose current output to export.
         overrides: ``STAGE.KEY=VALUE`` settings applied to the pipeline, as ``omniway run --set``.
@@ -206,6 +213,10 @@ def export(source: str, fmt: str, out: str, *, stage: str | None = None, overrid
                                                  storage=storage)
     else:
         storage_root, output_dir = None, source.rstrip("/")
+    if fmt == "webdataset":  # reads the manifest first: the stage kind decides what may be exported
+        from pipelines.webdataset_export import export_webdataset
+
+        return export_webdataset(output_dir, storage_root, out)
     with tempfile.TemporaryDirectory(prefix="omniway-export-") as tmp:
         src = _open_source(output_dir, storage_root, tmp)
         config, backbone = _read_model(src)

@@ -23,6 +23,30 @@ TAG_PIPELINE = "omniway.pipeline"
 TAG_ERROR = "omniway.error"
 
 
+# MLflow's log_batch takes at most 1000 metrics per call.
+MAX_METRICS_PER_BATCH = 1000
+
+
+def log_metrics(client, run_id: str, metrics: dict, step: int = 0) -> None:
+    """Log ``metrics`` to MLflow run ``run_id``: the one metric writer (stage contexts, the training
+    loop's rank 0, the pipeline tracker). Nested dicts are flattened (``a.b``), names go through
+    ``metric_name``, what is not a number (strings, None, booleans, lists) is left out, and the batch is split at
+    MLflow's limit."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = []
+    for key, value in flatten(metrics).items():
+        if value is None or isinstance(value, (bool, str)):
+            continue
+        try:
+            items.append(Metric(metric_name(key), float(value), now, int(step)))
+        except (TypeError, ValueError):  # a list, a dict of lists: not a metric
+            continue
+    for i in range(0, len(items), MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=items[i:i + MAX_METRICS_PER_BATCH])
+
+
 def metric_name(key: str) -> str:
     """A metric key as MLflow accepts it: `val/text_to_image/r@1` -> `val/text_to_image/r_at_1`.
 
@@ -113,7 +137,7 @@ class PipelineTracker:
         return run.info.run_id
 
     def finish_stage(self, run_id: str, manifest: dict) -> None:
-        self._log_metrics(run_id, manifest.get("metrics", {}))
+        log_metrics(self.client, run_id, manifest.get("metrics", {}))
         self._log_manifest(run_id, manifest)
         self.client.set_terminated(run_id, "FINISHED")
 
@@ -129,21 +153,12 @@ class PipelineTracker:
         run = self.client.create_run(self.experiment_id, run_name=f"{stage} (cached)", tags=tags)
         run_id = run.info.run_id
         self._log_params(run_id, manifest.get("config", {}))
-        self._log_metrics(run_id, manifest.get("metrics", {}))
+        log_metrics(self.client, run_id, manifest.get("metrics", {}))
         self.client.set_terminated(run_id, "FINISHED")
         return run_id
 
     def finish(self, ok: bool) -> None:
         self.client.set_terminated(self.parent_id, "FINISHED" if ok else "FAILED")
-
-    def _log_metrics(self, run_id: str, metrics: dict) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        items = [Metric(metric_name(k), float(v), now, 0) for k, v in flatten(metrics).items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[i:i + 1000])
 
     def _log_manifest(self, run_id: str, manifest: dict) -> None:
         import json

@@ -240,7 +240,6 @@ def corpus(ctx) -> dict[str, float]:
     metrics.update({f"modality.{m}": float(modalities[m]) for m in schema.MODALITIES})
     metrics["seconds"] = round(seconds, 3)
     metrics["samples_per_s"] = round(count["read"] / max(seconds, 1e-9), 2)
-    ctx.log_metrics(metrics)
     _artifacts(ctx, samples, rejects.files)
     return metrics
 

@@ -142,7 +142,6 @@ def shards(ctx) -> dict[str, float]:
                     for m in schema.MODALITIES})
     print(f"[shards] {n} rows (train {count['train']}, val {count['val']}), "
           f"{metrics['samples_per_s']} samples/s", flush=True)
-    ctx.log_metrics(metrics)
     if plots:
         import sentencepiece as spm
 

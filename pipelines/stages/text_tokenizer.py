@@ -83,5 +83,4 @@ def text_tokenizer(ctx) -> dict[str, float]:
                "lines_per_s": round(lines / max(seconds, 1e-9), 1)}
     print(f"[text-tokenizer] {'trained on ' + str(lines) + ' lines' if lines else 'adopted'}: "
           f"vocab {info['vocab_size']}, sha256 {info['sha256'][:12]}", flush=True)
-    ctx.log_metrics(metrics)
     return metrics

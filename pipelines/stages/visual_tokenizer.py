@@ -142,7 +142,6 @@ def visual_tokenizer(ctx) -> dict[str, float]:
             "code_dim": arch.code_dim, "ids_dtype": "int16", "encode_batch_size": cfg.encode_batch_size,
         },
     })
-    ctx.log_metrics(metrics)
     print(f"[visual-tokenizer] {int(metrics['codes_used'])}/{arch.codebook_size} codes used on "
           f"{int(metrics['images'])} val images (perplexity {metrics['perplexity']:.1f}), "
           f"{metrics['seconds']:.0f}s", flush=True)

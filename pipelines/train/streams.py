@@ -10,7 +10,6 @@ stage's job.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
 
 
@@ -46,7 +45,6 @@ class Stream:
         position = position or {}
         self.epoch, self.offset = int(position.get("epoch", 0)), int(position.get("offset", 0))
         self._it = None
-        self.skip_seconds = 0.0
 
     def position(self) -> dict:
         return {"epoch": self.epoch, "offset": self.offset}
@@ -54,10 +52,8 @@ class Stream:
     def _open(self) -> None:
         self._it = iter(self.shard.iter_torch_batches(batch_size=self.batch_size, collate_fn=self.collate,
                                                       drop_last=True, prefetch_batches=self.prefetch))
-        started = time.perf_counter()
         for _ in range(self.offset):  # resume inside an epoch
             next(self._it)
-        self.skip_seconds += time.perf_counter() - started
 
     def __next__(self):
         for _ in range(2):

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from pipelines.tracking import metric_name
+from pipelines.tracking import log_metrics
 
 
 class RunLogger:
@@ -32,12 +32,7 @@ class RunLogger:
     def log(self, metrics: dict[str, float], step: int) -> None:
         if not self.client or not metrics:
             return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(metric_name(k), float(v), now, step) for k, v in metrics.items()]
-        for i in range(0, len(batch), 900):  # MLflow caps a batch at 1000 metrics
-            self.client.log_batch(self.run_id, metrics=batch[i:i + 900])
+        log_metrics(self.client, self.run_id, metrics, step)
 
     def progress(self, step: int, metrics: dict[str, float]) -> None:
         if self.first_step is None:

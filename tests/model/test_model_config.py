@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from model import EXPERT_POLICIES, SIZES, ModelConfig, register_size
+from model import EXPERT_POLICIES, SIZES, ConfigError, ModelConfig, register_size
 
 
 def test_model_sizes_registered():
@@ -12,9 +12,9 @@ def test_model_sizes_registered():
     for name, (dim, layers, heads, ffn, patch) in expected.items():
         c = ModelConfig.from_size(name)
         assert (c.dim, c.layers, c.heads, c.ffn_dim, c.vision.patch_size) == (dim, layers, heads, ffn, patch)
-    with pytest.raises(KeyError, match="already registered"):
+    with pytest.raises(ConfigError, match="already registered"):
         register_size("debug", ModelConfig())
-    with pytest.raises(KeyError, match="unknown model size"):
+    with pytest.raises(ConfigError, match="unknown model size 'huge'"):
         ModelConfig.from_size("huge")
 
 
@@ -28,12 +28,15 @@ def test_model_from_size_overrides_merge_nested():
 def test_model_config_json_round_trip_and_strictness():
     c = ModelConfig.from_size("debug", fusion_layers=1, modalities=("text", "vision"))
     assert ModelConfig.from_json(c.to_json()) == c
-    with pytest.raises(KeyError, match=r"ModelConfig: unknown key.*'widht'"):
-        ModelConfig.from_dict({**c.to_dict(), "widht": 3})
-    with pytest.raises(KeyError, match=r"ModelConfig\.vision: unknown key.*'size'"):
+    # one loader, one error type (model.typed_config): the message names the key path
+    with pytest.raises(ConfigError, match=r"^widht: unknown key \(known keys: dim, layers"):
+        ModelConfig.from_dict({**c.to_dict(), "widht": 3}, path="")
+    with pytest.raises(ConfigError, match=r"^ModelConfig\.vision\.size: unknown key \(known keys: img_size"):
         ModelConfig.from_dict({**c.to_dict(), "vision": {"size": 3}})
-    with pytest.raises(TypeError, match=r"ModelConfig\.layers: expected int"):
+    with pytest.raises(ConfigError, match=r"^ModelConfig\.layers: expected an integer, got '2'"):
         ModelConfig.from_dict({**c.to_dict(), "layers": "2"})
+    with pytest.raises(ConfigError, match=r"^with\.model\.vision\.patch_sise: unknown key"):
+        ModelConfig.from_overrides("debug", {"vision": {"patch_sise": 8}}, "with.model")
     with pytest.raises(ValueError, match="expert_policy"):
         ModelConfig.from_size("debug", expert_policy="A")
     with pytest.raises(ValueError, match="not divisible"):

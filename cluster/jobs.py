@@ -1,8 +1,11 @@
-"""`omniway submit` and `omniway jobs`: pipeline runs as Ray Jobs on a cluster.
+"""`omniway submit` and `omniway jobs`: pipeline runs as Ray Jobs on a cluster (the Ray Jobs client).
 
 The job's entrypoint is the same `omniway run` a user types locally, started
 with `python -m pipelines.cli` so it works whether omniway is installed on the
-cluster or shipped in the working directory.
+cluster or shipped in the working directory. The two subcommands are added to
+the `omniway` command line by `add_commands`, which the CLI finds through its
+`COMMAND_MODULES` (pipelines imports nothing of cluster/: the direction is
+cluster -> pipelines).
 """
 
 from __future__ import annotations
@@ -16,6 +19,28 @@ from pathlib import Path
 # Never shipped to the cluster: environments, caches, local outputs.
 WORKING_DIR_EXCLUDES = [".venv", ".git", ".omniway", "__pycache__", "*.egg-info",
                         ".pytest_cache", "mlruns", "mlartifacts", "*.db"]
+
+
+def add_commands(sub, cli) -> None:
+    """Add `submit` and `jobs` to the `omniway` subparsers ``sub``; ``cli`` is `pipelines.cli` (its
+    shared argument groups)."""
+    submit = sub.add_parser("submit", help="submit `omniway run` to a Ray cluster as a Ray Job")
+    cli.add_pipeline_args(submit)
+    cli.add_selection_args(submit)
+    submit.add_argument("--address", required=True,
+                        help="Ray Jobs address of the head, e.g. http://127.0.0.1:8265")
+    submit.add_argument("--working-dir", default=".",
+                        help="directory shipped to the cluster as the job's working dir (default: .)")
+    submit.add_argument("--wait", action="store_true",
+                        help="stream the job's logs and exit with its outcome")
+    submit.set_defaults(handler=submit_run)
+
+    jobs = sub.add_parser("jobs", help="list, follow or stop submitted runs")
+    jobs.add_argument("action", choices=["list", "logs", "stop", "status"])
+    jobs.add_argument("job_id", nargs="?")
+    jobs.add_argument("--address", default=os.environ.get("RAY_JOBS_ADDRESS", "http://127.0.0.1:8265"))
+    jobs.add_argument("--follow", action="store_true", help="with logs: stream until the job ends")
+    jobs.set_defaults(handler=jobs_command)
 
 
 def build_entrypoint(args, workdir_abs: str) -> str:
