@@ -22,7 +22,7 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [REPO, os.path.join(REPO, "tests", "pipelines")]
+sys.path[:0] = [REPO, os.path.join(REPO, "tests", "helpers")]
 
 import torch  # noqa: E402
 

@@ -34,8 +34,8 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [REPO, os.path.join(REPO, "tests", "pipelines")]
-os.environ["PYTHONPATH"] = os.pathsep.join([REPO, os.path.join(REPO, "tests", "pipelines"),
+sys.path[:0] = [REPO, os.path.join(REPO, "tests", "helpers")]
+os.environ["PYTHONPATH"] = os.pathsep.join([REPO, os.path.join(REPO, "tests", "helpers"),
                                             os.environ.get("PYTHONPATH", "")])
 os.environ.setdefault("DS_ACCELERATOR", "cuda" if "--gpu" in sys.argv else "cpu")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")

@@ -8,6 +8,6 @@
 - `jobs.py`: `omniway submit` / `omniway jobs`, the Ray Jobs client (it adds those
   subcommands to the `omniway` command line).
 
-cluster/ may import pipelines' public API (`pipelines.config.load_pipeline`); nothing
-in pipelines, tasks or model imports cluster.
+cluster/ may import pipelines' public API (`pipelines.config.load_pipeline`); pipelines,
+tasks and model have no import of cluster (the CLI loads `cluster.jobs` by name).
 """

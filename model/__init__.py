@@ -1,6 +1,6 @@
 """omniway.model: the multiway transformer in pure PyTorch (imports torch, numpy, safetensors only).
 
-Public API (stable; other packages import only these names)::
+Public API (stable)::
 
     from model import ModelConfig, MultiwayModel, Layout
 

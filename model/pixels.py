@@ -33,7 +33,7 @@ def to_float_pixels(pixels: torch.Tensor) -> torch.Tensor:
 
 def to_uint8_pixels(x: torch.Tensor) -> torch.Tensor:
     """float pixels in [-1, 1] (clamped) -> uint8, the inverse of ``to_float_pixels`` up to rounding."""
-    # (x * std + mean) * 255 written for mean = std = 0.5, the form every saved plot was made with
+    # (x * std + mean) * 255, written for mean = std = 0.5 (asserted), so the rounding is that of (x + 1) * 127.5
     assert PIXEL_MEAN == PIXEL_STD == 0.5
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 

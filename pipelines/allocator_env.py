@@ -9,15 +9,8 @@ the process that calls `connect_ray`, or in a submitted job's runtime env, wins.
 Why: a data worker allocates and frees hundreds of MB per part file (featurized rows,
 Parquet buffers, decoded audio). Handing that memory back to the OS and faulting it in again
 is pure overhead, and on a VM a fresh page costs far more than a reused one: the host backs
-it on first touch. Measured on the shards benchmark (2-vCPU KVM guest, 14,864 demo samples):
-- perf put 33% of the Ray workers' CPU samples in the kernel zeroing huge pages on page
-  faults with the mimalloc setting alone, 7% with both;
-- one process featurizing and encoding every part took 0.33-1.21 s of system time per pass
-  with the defaults, 0.07-0.27 s with the mimalloc setting (later passes: the first one
-  faults its memory in either way);
-- `bench_prepare`'s ray_over_loop (both paths with the same settings; its loop then read
-  the corpus untimed) was 1.27-1.29 with the defaults, 1.39-1.46 with the mimalloc setting,
-  1.37-1.51 with both.
+it on first touch. Without these settings the workers spend much of their CPU time in the
+kernel, zeroing freshly faulted huge pages; `benchmarks/bench_prepare.py` measures the path.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import os
 import sys
 
 # Modules adding subcommands through `add_commands(subparsers, this_module)`: `omniway submit` and
-# `omniway jobs` come from cluster/ (imported by name: pipelines does not depend on cluster).
+# `omniway jobs` come from cluster/, loaded by name (no import statement: the direction is cluster -> pipelines).
 COMMAND_MODULES: tuple[str, ...] = ("cluster.jobs",)
 
 

@@ -61,7 +61,7 @@ class Collator:
 
     # -- decoding --------------------------------------------------------------------------------------
     def collate(self, group: str, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        """numpy columns of B rows of ``group`` -> tensors (see the README of this module)."""
+        """numpy columns of B rows of ``group`` -> tensors (see the module docstring)."""
         mods = GROUPS[group]
         out: dict[str, torch.Tensor] = {}
         if "text" in mods:

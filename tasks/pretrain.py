@@ -106,7 +106,7 @@ class PretrainModel(nn.Module):
             if "mlm" in mdm:
                 res["mlm"] = self.mlm(out.tokens["text"], b["text_ids"], b["text_mask"])
             if "mim" in mdm:
-                res["mim"] = self.mim(self._patch_tokens(out, "vision"), b["pixel_mask"], b["pixels"],
+                res["mim"] = self.mim(self._patch_tokens(out, MODEL_MODALITY["image"]), b["pixel_mask"], b["pixels"],
                                       b.get("image_tokens"))
             if "mam" in mdm:
                 res["mam"] = self.mam(self._patch_tokens(out, "audio"), b["fbank_mask"], b["fbank"])
@@ -166,6 +166,6 @@ class PretrainModel(nn.Module):
                 r = self.mlm(o.tokens["text"], b["text_ids"], b["text_mask"])
                 out["mlm_correct"], out["mlm_count"] = r["acc"] * r["count"], r["count"]
             if has_mim and self.mim.target == "tokens":
-                r = self.mim(self._patch_tokens(o, "vision"), b["pixel_mask"], b["pixels"], b.get("image_tokens"))
+                r = self.mim(self._patch_tokens(o, MODEL_MODALITY["image"]), b["pixel_mask"], b["pixels"], b.get("image_tokens"))
                 out["mim_correct"], out["mim_count"] = r["acc"] * r["count"], r["count"]
         return out

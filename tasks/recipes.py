@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-# Sample kind -> shard modalities (exact set). The model calls the image modality "vision".
+# Sample kind -> shard modalities (exact set).
 GROUPS: dict[str, tuple[str, ...]] = {
     "text": ("text",),
     "image": ("image",),
@@ -20,6 +20,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "image_audio": ("image", "audio"),
     "triplet": ("image", "text", "audio"),
 }
+# Data (corpus, shards, groups) calls the image modality "image", the model (ModelConfig.vision, its
+# adapters, experts and checkpoints, torchscale's layout) "vision": this is the one mapping between them.
 MODEL_MODALITY = {"image": "vision", "text": "text", "audio": "audio"}
 OBJECTIVES = ("mlm", "mim", "mam", "contrast", "denoise")
 
@@ -40,7 +42,8 @@ class Recipe:
     Args:
         weights: objective -> loss weight; objectives absent (or 0) do not run. Names: mlm, mim, mam
             (masked audio), contrast (cross-modal), denoise (intra-modal denoising contrast).
-        denoise_weights: per-modality factor of the denoising loss (ONE-PEACE: text 0.5, image 1.0).
+        denoise_weights: per-modality factor of the denoising loss, by model modality name (`vision`,
+            `text`, `audio`; ONE-PEACE: text 0.5, vision 1.0).
         text_mask: masked fraction of text in text-only samples (BEiT-3: 0.15).
         text_mask_joint: masked fraction of text when paired with another modality (BEiT-3: 0.5).
         image_mask: block-wise masked fraction of patches in image-only samples (BEiT-3: 0.4).
@@ -71,6 +74,10 @@ class Recipe:
         bad = set(self.mix) - set(GROUPS)
         if bad:
             raise ValueError(f"unknown mix groups {sorted(bad)}; known: {sorted(GROUPS)}")
+        bad = set(self.denoise_weights) - set(MODEL_MODALITY.values())
+        if bad:
+            raise ValueError(f"unknown denoise_weights modalities {sorted(bad)}; known (the model's names): "
+                             f"{sorted(MODEL_MODALITY.values())}")
         if not any(w > 0 for w in self.weights.values()):
             raise ValueError("a recipe needs at least one objective with a positive weight")
 

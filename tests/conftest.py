@@ -8,8 +8,9 @@ TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 
 # Ray workers inherit the environment of the process that starts Ray: put the
-# test stage kinds (tests/pipelines) and the repository on their import path.
-_paths = [str(TESTS / "pipelines"), str(REPO)]
+# helpers the tests of several packages share (tests/helpers: test stage kinds,
+# synthetic shards, a tiny BEiT-3) and the repository on their import path.
+_paths = [str(TESTS / "helpers"), str(REPO)]
 os.environ["PYTHONPATH"] = os.pathsep.join(
     _paths + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 for p in _paths:

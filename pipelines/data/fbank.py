@@ -14,10 +14,9 @@ Conventions (what `fbank` in the shards holds):
 No per-utterance mean/variance normalisation: the model's input layer owns that.
 
 The FFT runs in float64 (numpy's float64 FFT is several times faster than its float32 one),
-the rest in float32 as before. The mel projection sums each filter's few non-zero bins (a
-contiguous run of at most ~10 of the 201) instead of a dense matrix product: no BLAS call per
-clip, so the cost does not depend on BLAS threads (a 2-thread OpenBLAS on a busy 2-core
-machine made the dense product ~15x slower).
+the rest in float32. The mel projection sums each filter's few non-zero bins (a contiguous
+run of at most ~10 of the 201) instead of a dense matrix product: no BLAS call per clip, so
+the cost does not depend on BLAS threads or on how busy the machine's cores are.
 """
 
 from __future__ import annotations

@@ -75,7 +75,8 @@ class Featurizer:
 
 def load_visual_encoder(manifest) -> VisualEncoder:
     """The visual tokenizer contract: its manifest's `extra.encoder` names "module:function"
-    taking (manifest) and returning a VisualEncoder. The visual-tokenizer issue supplies it."""
+    taking (manifest) and returning a VisualEncoder: the visual-tokenizer stage names
+    `pipelines.visual_tokenizer.encoder:load_encoder`."""
     import importlib
 
     target = manifest.extra.get("encoder")

@@ -1,8 +1,7 @@
 """Raw record -> accepted corpus row or reject: the per-sample function of the corpus stage.
 
-`normalize_record` is plain Python on one record so the benchmark's single-process
-loop and the corpus stage's Ray tasks (`pipelines.data.ingest`) call exactly the same
-code; accepted rows have reason == "".
+`normalize_record` is plain Python on one record, called by the corpus stage's Ray tasks
+(`pipelines.data.ingest`) and by tests alike; accepted rows have reason == "".
 """
 
 from __future__ import annotations
@@ -12,10 +11,6 @@ from typing import Any
 
 from pipelines.stages.corpus import CorpusConfig
 from pipelines.data.text import Rejected, normalize_text
-
-RESULT_FIELDS = ("sample_id", "source", "key", "modalities", "text", "image", "audio", "label",
-                 "content_hash", "reason", "detail")
-
 
 def content_hash(text: str | None, image: bytes | None, audio: bytes | None,
                  label: int | None) -> str:
@@ -38,7 +33,7 @@ def _result(rec: dict, **kw: Any) -> dict[str, Any]:
 
 def normalize_record(rec: dict[str, Any], cfg: CorpusConfig,
                      require: tuple[str, ...] = ()) -> dict[str, Any]:
-    """One raw record (records.RAW_FIELDS) -> one result row (RESULT_FIELDS)."""
+    """One raw record (`records.raw_record`) -> one result row (`tables.RESULT_SCHEMA`)."""
     if rec.get("reason"):
         return _result(rec, reason=rec["reason"], detail=rec.get("detail") or "")
     from pipelines.data.audio import normalize_audio

@@ -25,8 +25,8 @@ def no_ramp_up(ds):
 
     Ray Data reserves resources per operator so that a long pipeline cannot starve its
     downstream operators; until it has measured a task's output, that reservation holds a
-    lone map operator to one task at a time (on 2 CPUs: the second task started after 0.4 -
-    1.1 s, whatever the task pool size says). A dataset that is one map over items held by the
+    lone map operator to one task at a time (the second task starts only once the first has
+    reported output, whatever the task pool size says). A dataset that is one map over items held by the
     driver has nothing downstream to protect. Set on this dataset's own context only.
     """
     ds.context.op_resource_reservation_enabled = False
@@ -47,10 +47,8 @@ def task_pool(ray, workers: int, units: int):
     worker that is ~10% of a run on 2 CPUs. When the cluster has no more CPUs than `workers`
     and cannot grow (the embedded Ray of `omniway run`, marked by FIXED_SIZE_ENV), every task
     is submitted at once: the ones beyond `workers` can only wait in Ray's queue (first in,
-    first out: the planned order holds), and each starts the moment a worker frees up. With
-    one extra task per worker, workers still idled at times: a Ray worker of the shards
-    benchmark sat 0.29-0.73 s between two tasks in 3 of 9 runs (never over 0.1 s in 8 runs
-    with every task submitted), and its ratio was 1.55-1.64 against 1.63-1.69. On another
+    first out: the planned order holds), and each starts the moment a worker frees up (one
+    extra task per worker still leaves a worker idle between tasks at times). On another
     small cluster one extra per worker is queued (it may autoscale: each queued task asks for
     a CPU); on a bigger one, submitted tasks would run at once, beyond `workers`, so then none
     is queued.

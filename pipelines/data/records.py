@@ -1,7 +1,8 @@
 """The raw record every source reader yields, before any decoding.
 
 A reader only finds bytes and says where they came from; decoding and
-validation happen later in Ray actors (`normalize.py`), so readers stay cheap
+validation happen later in the corpus stage's Ray tasks (`ingest.read_and_normalize` ->
+`normalize.normalize_record`), so readers stay cheap
 and every failure ends in the same rejects table. A reader that already knows
 a record is bad (unsafe tar path, split webdataset sample, missing file) sets
 `reason`/`detail` and the normaliser passes it through as a reject.
@@ -10,10 +11,6 @@ a record is bad (unsafe tar path, split webdataset sample, missing file) sets
 from __future__ import annotations
 
 from typing import Any, Optional
-
-RAW_FIELDS = ("source", "key", "text", "image", "image_ext", "audio", "audio_ext", "label",
-              "reason", "detail")
-
 
 def raw_record(source: str, key: str, *, text: Optional[bytes] = None,
                image: Optional[bytes] = None, image_ext: str = "",

@@ -52,10 +52,10 @@ REJECT_REASONS = (
     "unsupported_format",  # a media type or container omniway does not read
     "empty_text",          # nothing left after NFC + trim
     "non_utf8_text",       # text bytes that are not UTF-8
-    "too_large",           # bytes over a limit, or an image side over max_side with resize off
+    "too_large",           # encoded bytes over a limit
     "too_small",           # image side under min_side
     "too_long",            # text over max_chars, audio over max_seconds
-    "too_short",           # audio under min_seconds
+    "too_short",           # text under min_chars, audio under min_seconds
     "unsafe_path",         # tar member / index path absolute or with `..`
     "split_sample",        # webdataset members of one key not adjacent in the tar
     "missing_member",      # a required modality / referenced file absent

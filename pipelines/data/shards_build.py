@@ -54,7 +54,7 @@ def iter_parts(corpus, spm_model: bytes, cfg, splits=schema.SPLITS, visual=None,
              for task in tasks]
     out = None if out_dir is None else (node_id(), out_dir)
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    # tasks, not an actor pool: see _WORKER_STATE
+    # tasks, not an actor pool: see shards_task._WORKER_STATE
     ds = ds.map_batches(featurize_chunks, batch_size=1, batch_format="pyarrow",
                         fn_kwargs={"spm_model": spm_model, "cfg": cfg,
                                    "storage_uri": corpus.storage_uri, "visual_manifest": visual,

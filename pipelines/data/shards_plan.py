@@ -15,19 +15,6 @@ import itertools
 from collections import Counter
 
 
-def plan_units(corpus, split: str) -> list[dict]:
-    """(corpus file, row group) units of one split, in corpus order (also used by the
-    visual tokenizer's image dataset)."""
-    import pyarrow.parquet as pq
-
-    units = []
-    for path in corpus.paths(".parquet", prefix=f"{split}/"):
-        with corpus.storage.open_input(path) as f:
-            groups = pq.ParquetFile(f).metadata.num_row_groups
-        units += [{"path": path, "row_group": g} for g in range(groups)]
-    return units
-
-
 # Estimated CPU cost of featurizing one row in a worker, in microseconds of one core, from what
 # it carries: a least-squares fit of Featurizer.rows CPU time per 32-row batch over the whole demo
 # corpus (R = 224). Used only to cut parts into chunks of similar cost and to order the work; a

@@ -220,4 +220,4 @@ def featurize_chunks(batch, *, spm_model: bytes, cfg, storage_uri: str,
 def node_id() -> str:
     import ray
 
-    return ray.get_runtime_context().getnode_id()
+    return ray.get_runtime_context().get_node_id()

@@ -1,4 +1,4 @@
-"""Arrow tables with fixed types for the in-flight record batches (raw and result).
+"""The Arrow table with fixed types of the corpus stage's in-flight result batches.
 
 Fixed schemas matter: a batch where every image is null would otherwise infer
 `null` type and fail to concatenate with the next one.
@@ -8,23 +8,12 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-RAW_SCHEMA = pa.schema([
-    ("source", pa.string()), ("key", pa.string()), ("text", pa.binary()),
-    ("image", pa.binary()), ("image_ext", pa.string()), ("audio", pa.binary()),
-    ("audio_ext", pa.string()), ("label", pa.int32()), ("reason", pa.string()),
-    ("detail", pa.string()),
-])
-
 RESULT_SCHEMA = pa.schema([
     ("sample_id", pa.string()), ("source", pa.string()), ("key", pa.string()),
     ("modalities", pa.list_(pa.string())), ("text", pa.string()), ("image", pa.binary()),
     ("audio", pa.binary()), ("label", pa.int32()), ("content_hash", pa.string()),
     ("reason", pa.string()), ("detail", pa.string()),
 ])
-
-
-def raw_table(rows: list[dict]) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=RAW_SCHEMA)
 
 
 def results_table(rows: list[dict]) -> pa.Table:

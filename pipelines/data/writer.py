@@ -5,8 +5,8 @@ write task, not a fixed count, and with a FilenameProvider that drops the write
 uuid Ray 2.60 refuses APPEND mode. Instead the file boundaries are planned up front:
 `part-00000.parquet`, `part-00001.parquet`, ... of exactly `rows_per_file` rows (the
 last one short). `PartWriter` cuts an ordered stream of rows in one process (corpus);
-the shards stage has its Ray actors build whole part files with `encode_parquet`.
-Both encode with the same arguments, so the same rows give the same bytes.
+the shards stage's Ray tasks build whole part files (`shards_task.write_part` on disk,
+`encode_parquet` in memory). All encode with PARQUET_ARGS, so the same rows give the same bytes.
 """
 
 from __future__ import annotations

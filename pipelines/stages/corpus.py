@@ -47,7 +47,8 @@ class SourceConfig:
         limit: at most this many records from this source (0 = all), taken in the
             reader's deterministic order; records past it are not read.
         max_files: at most this many input files (0 = all), in sorted order.
-        files_per_unit: how many input files one Ray task reads.
+        files_per_unit: text, tuxpaint and asterisk: how many input files one Ray task reads (other
+            formats read one file per task).
     """
 
     name: str = ""
@@ -120,7 +121,7 @@ class CorpusConfig:
         val_fraction: share of samples put in `val`, by a hash of sample_id.
         rows_per_file: rows per output Parquet file.
         num_workers: Ray tasks decoding and validating in parallel (1 CPU each).
-        batch_size: records per map_batches call.
+        batch_size: records per result table a read task yields.
         text / image / audio: per-modality validation limits.
         dedup: drop exact duplicates (same normalised content) after the first.
         plot_samples: images in the sample grid artifact (0 = none).

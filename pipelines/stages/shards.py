@@ -30,7 +30,7 @@ class ShardsConfig:
         max_text_tokens: token ids per sample at most, bos and eos included.
         num_workers: Ray tasks featurizing in parallel (1 CPU each; a worker process
             loads the tokenizers once and keeps them for its later tasks).
-        batch_size: samples per Featurizer.rows call (and per visual tokenizer forward).
+        batch_size: samples per Featurizer.rows call (and per visual tokenizer call).
         plot_samples: spectrograms in the log-mel artifact (0 = none).
     """
 

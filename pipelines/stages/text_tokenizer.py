@@ -31,7 +31,7 @@ class TextTokenizerConfig:
             (mask token, modality placeholders).
         model_path: adopt this existing `.model` instead of training (validated).
         pad_piece / bos_piece / eos_piece / unk_piece: the control pieces; an adopted
-            model must define them (or the alternatives in `aliases`).
+            model must define them.
         num_threads: sentencepiece trainer threads.
     """
 

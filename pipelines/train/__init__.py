@@ -1,12 +1,11 @@
 """The one training loop of omniway: Ray Train V2 ``TorchTrainer`` + DeepSpeed ZeRO, for every training
-stage (pretraining now; the visual tokenizer and instruction tuning plug in the same way).
+stage (``pretrain`` and ``visual-tokenizer``; a new training stage plugs in the same way).
 
 A stage supplies a ``TrainTask`` (``pipelines.train.task``) and a ``TrainConfig`` and calls::
 
-    from pipelines.train.launch import fit
-    result = fit(task, cfg.train, name=ctx.key, storage_path=f"{root}/{pipeline}/{stage}/_train",
-                 tracking_uri=ctx.tracking_uri, run_id=ctx.run_id, fresh=ctx.forced)
-    result.copy_export(ctx.output_dir)          # the task's consolidated weights etc.
+    from pipelines.train.launch import fit_stage
+    result = fit_stage(ctx, task, cfg.train)   # run (or resume) the stage's run, export into ctx.output_dir
+    result.metrics, result.files               # final reported metrics, the task's exported files
 
 The task interface (all a stage writes; the loop never knows which task it runs):
 

@@ -70,7 +70,7 @@ class TrainConfig:
     peak_flops_per_worker: float = 0.0
     prefetch_batches: int = 2
     stop_after: int = 0
-    zero3_persistence_threshold: int = 100_000  # last: keeps positional construction as it was
+    zero3_persistence_threshold: int = 100_000
 
     def __post_init__(self) -> None:
         if not 0 <= self.zero_stage <= 3:

@@ -23,9 +23,9 @@ def use_bf16(train: TrainConfig) -> bool:
 def zero_stage(train: TrainConfig, world: int) -> int:
     """The ZeRO stage the engine runs: ``train.zero_stage``, except 0 for a single worker without optimizer
     offload. ZeRO 1-3 split states across workers; alone, a worker's "partition" is everything, and the
-    machinery (flat fp32 buffers, per-parameter gradient hooks, bucket copies) is pure cost: measured on
-    the debug model on CPU, ZeRO-2 ran 0.70x the plain loop's steps/s, ZeRO-0 0.88x
-    (``benchmarks/bench_engine.py``). Offload keeps the configured stage: it needs ZeRO."""
+    machinery (flat fp32 buffers, per-parameter gradient hooks, bucket copies) is pure cost
+    (``benchmarks/bench_engine.py`` compares the stages with a plain loop). Offload keeps the configured
+    stage: it needs ZeRO."""
     if world == 1 and not train.offload_optimizer:
         return 0
     return train.zero_stage
@@ -35,7 +35,7 @@ def loop_clips(train: TrainConfig, world: int) -> bool:
     """Whether the loop clips gradients itself (``torch.nn.utils.clip_grad_norm_``, one fused norm over all
     gradients) instead of DeepSpeed: one worker at stage 0 (its weights and gradients are fp32, bf16 or
     not: see ``ds_config``). There DeepSpeed's clip is a Python loop of per-parameter norms and multiplies
-    plus an all-reduce (~6% of a debug-model step on CPU), and it records no gradient norm to log. The
+    plus an all-reduce (a visible share of a small model's step), and it records no gradient norm to log. The
     result is the same: with one rank, the global norm is the local one. (ZeRO 1-3 clip inside their
     optimizers, on their own fp32 partitions.)"""
     return world == 1 and zero_stage(train, world) == 0 and train.grad_clip > 0
@@ -61,9 +61,8 @@ def ds_config(train: TrainConfig, world: int) -> dict:
         "gradient_clipping": 0.0 if loop_clips(train, world) else train.grad_clip,
         "zero_optimization": zero,
         # bf16 as torch autocast over fp32 weights (DeepSpeed's torch_autocast), not DeepSpeed's bf16 mode
-        # (bf16 weights and gradients, an fp32 master copy its BF16 / ZeRO optimizer steps): on an H100
-        # (base model, 224 px, 64 samples per step, benchmarks/bench_engine.py --device cuda --bf16-weights,
-        # one worker) the bf16 mode ran 0.66x the plain autocast loop's steps/s, torch_autocast 1.01x.
+        # (bf16 weights and gradients, an fp32 master copy its BF16 / ZeRO optimizer steps), which is
+        # slower than autocast (`benchmarks/bench_engine.py --device cuda --bf16-weights` times both).
         # Weights, gradients and optimizer states stay fp32 (the master copy is the weights themselves);
         # ZeRO still partitions them, and reduces Linear / Conv gradients in bf16.
         "bf16": {"enabled": False},
@@ -127,7 +126,7 @@ def build_engine(module, train: TrainConfig, world: int):
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(train)))
     if world == 1 and engine.zero_optimization_stage() == 0:
         # Averaging gradients over one rank is the identity, yet DeepSpeed's stage-0 backward still
-        # flattens every gradient into buckets and all-reduces them (~8% of a debug-model step on CPU).
+        # flattens every gradient into buckets and all-reduces them (a visible share of a small model's step).
         # (ZeRO 1-2 must keep it: their reduction is what fills the optimizer's fp32 partitions.)
         engine.enable_backward_allreduce = False
     return engine

@@ -3,7 +3,7 @@
 Per worker: seed, build the task's module, ``deepspeed.initialize``, restore the latest Ray Train
 checkpoint if any (engine, optimizer, scheduler, step, stream positions), then step: draw one batch from
 every training stream, ``engine(batch)`` -> ``engine.backward`` -> ``engine.step`` (DeepSpeed applies
-accumulation and clipping; a lone fp32 worker clips with torch instead, see ``engine.loop_clips``).
+accumulation and clipping; a lone worker at ZeRO stage 0 clips with torch instead, see ``engine.loop_clips``).
 Every ``checkpoint_every`` steps and at the end every rank saves its DeepSpeed state to a local directory
 and reports it (``ray.train.report`` is a barrier); the final one also holds the task's consolidated
 export, written by rank 0.
@@ -29,8 +29,8 @@ HISTORY_KEEP = 5000
 def _measure_peak_flops(device, dtype) -> float:
     """FLOP/s of a square matmul in the dtype the model's matmuls run in (bf16 under autocast) on this
     worker: the MFU denominator when none is configured. The fastest of several timed products: workers
-    measure while Ray Data and the other workers start up, and any one product may be interrupted (on
-    2 CPUs, a mean over a few had come out ~20x low for 2 workers, MFU above 1)."""
+    measure while Ray Data and the other workers start up, and any one product may be interrupted (a mean
+    would understate the peak and put MFU above 1)."""
     import torch
 
     n = 512 if device.type == "cpu" else 8192

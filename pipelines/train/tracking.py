@@ -53,7 +53,7 @@ class RunLogger:
 
 
 def loss_curve_png(history: list[list[float]], path: str) -> str | None:
-    """history: [[step, loss, val...]] -> a PNG of the training loss; None when matplotlib is missing."""
+    """history: [[step, loss], ...] -> a PNG of the training loss; None when matplotlib is missing."""
     try:
         import matplotlib
 

@@ -1,1 +1,2 @@
-"""Implementation of the `visual-tokenizer` stage kind (VQ-KD, BEiT v2). Light: import submodules."""
+"""What the `visual-tokenizer` stage (`pipelines/stages/visual_tokenizer.py`) calls: its image dataset
+(`data.py`), its `TrainTask` (`task.py`), the encoder the shards stage loads (`encoder.py`), its plot."""

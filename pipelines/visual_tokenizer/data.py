@@ -1,6 +1,6 @@
 """Corpus images -> Ray datasets of model-resolution pixels for tokenizer training and validation.
 
-Units are (corpus file, row group), as in the shards stage; each Ray task reads the `image` column of
+Units are (corpus file, row group); each Ray task reads the `image` column of
 its units and decodes with the shards stage's own resize (`pipelines.data.image.image_pixels`), so the
 tokenizer trains on exactly the pixels it will later tokenize.
 """
@@ -8,6 +8,18 @@ tokenizer trains on exactly the pixels it will later tokenize.
 from __future__ import annotations
 
 import numpy as np
+
+
+def plan_units(corpus, split: str) -> list[dict]:
+    """(corpus file, row group) units of one split, in corpus order."""
+    import pyarrow.parquet as pq
+
+    units = []
+    for path in corpus.paths(".parquet", prefix=f"{split}/"):
+        with corpus.storage.open_input(path) as f:
+            groups = pq.ParquetFile(f).metadata.num_row_groups
+        units += [{"path": path, "row_group": g} for g in range(groups)]
+    return units
 
 
 def decode_units(batch: dict, *, storage_uri: str, resolution: int) -> dict:
@@ -41,7 +53,6 @@ def image_dataset(corpus, split: str, resolution: int, limit: int = 0, shuffle_s
         cache: materialize (decode once; later epochs read the object store).
     """
     from pipelines.data.raycompat import ensure_ray
-    from pipelines.data.shards_plan import plan_units
 
     units = plan_units(corpus, split)
     if not units:

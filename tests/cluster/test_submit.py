@@ -45,7 +45,7 @@ def cluster():
 
 def project_pipeline(root: Path, fail: bool) -> Path:
     (root / "omniway_test_kinds.py").write_text(
-        (REPO / "tests" / "pipelines" / "omniway_test_kinds.py").read_text())
+        (REPO / "tests" / "helpers" / "omniway_test_kinds.py").read_text())
     marker = root / "bug"
     if fail:
         marker.write_text("x")
@@ -120,7 +120,7 @@ def test_submit_rejects_a_bad_config_before_submitting(cluster, tmp_path):
 
 def test_jobs_stop(cluster, tmp_path):
     (tmp_path / "omniway_test_kinds.py").write_text(
-        (REPO / "tests" / "pipelines" / "omniway_test_kinds.py").read_text())
+        (REPO / "tests" / "helpers" / "omniway_test_kinds.py").read_text())
     (tmp_path / "slow.yaml").write_text(yaml.safe_dump({
         "plugins": ["omniway_test_kinds"],
         "stages": {"a": {"uses": "test-emit", "with": {"sleep_s": 300.0}}}}))

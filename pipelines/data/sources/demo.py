@@ -1,4 +1,4 @@
-"""The demo corpora from Debian packages and scikit-learn (see ECOSYSTEM.md).
+"""The demo corpora from Debian packages and scikit-learn (the Makefile's DEMO_DEBS, pipelines/configs/demo.yaml).
 
 - tuxpaint: `<stamps>/<category>/.../<name>.png` + `<name>.txt` (first line: English
   caption) + `<name>_desc.ogg` (English spoken caption, 44.1 kHz) where it exists.

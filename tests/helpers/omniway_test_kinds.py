@@ -92,7 +92,7 @@ class GatedPretrainTask(PretrainTask):
     ``<gate_dir>/go`` exists. Put the gate after a checkpoint: the run cannot end (or pass the checkpoint
     by a few steps) before the test has acted, whatever the machine's speed. After a restart ``go``
     already exists and the gate is open. ``timeout_s`` only keeps a broken test from hanging forever.
-    Lives here so Ray workers can import it (tests/pipelines is on their PYTHONPATH).
+    Lives here so Ray workers can import it (tests/helpers is on their PYTHONPATH).
     """
 
     def __init__(self, cfg, shards, *, gate_dir: str, gate_step: int, timeout_s: float = 300.0):
