@@ -49,8 +49,11 @@ class MultiwayAttention(nn.Module):
         self,
         x: torch.Tensor,  # (T, B, C) sequence-first, already normalised
         layout: Layout,
-        attn_mask: torch.Tensor | None,  # bool True = attend, or additive float; broadcast to (B, H, T, T)
+        attn_mask: torch.Tensor | None,  # bool True = attend, or additive float; broadcast to (B, H, T, T_k)
+        cache: "LayerCache | None" = None,
     ) -> torch.Tensor:  # (T, B, C)
+        """With ``cache``: the keys and values of ``x`` are appended to it, and ``x``'s queries attend to
+        everything the cache holds (earlier tokens and these): ``attn_mask`` then spans those T_k keys."""
         T, B, C = x.shape
         qkv: dict[str, torch.Tensor] = {}
         for name in self.proj_names:
@@ -60,6 +63,8 @@ class MultiwayAttention(nn.Module):
             heads = y.view(T, B, len(name), self.heads, self.head_dim).permute(2, 1, 3, 0, 4).unbind(0)
             qkv.update(zip(name, heads))
         q, k, v = qkv["q"], qkv["k"], qkv["v"]
+        if cache is not None:
+            k, v = cache.append(k, v)  # (B, H, T_k, D): cached tokens keep the experts they were computed with
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, T, D)
         o = o.permute(2, 0, 1, 3).reshape(T, B, C)  # (T, B, C)
         if self.sub_norm is not None:
@@ -82,6 +87,29 @@ class MultiwayAttention(nn.Module):
         for lin in self._linears(self.out):
             lin.weight.mul_(scale)
             lin.bias.mul_(scale)
+
+
+class LayerCache:
+    """Keys and values of one block's attention, for decoding one token at a time (litgpt's ``KVCache``).
+
+    Tensors are ``(B, H, T, D)``, in the order tokens were appended; ``reorder`` follows beam search.
+    """
+
+    def __init__(self) -> None:
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add the new tokens' ``k``, ``v`` (B, H, T_new, D); returns everything held."""
+        if self.k is None:
+            self.k, self.v = k.contiguous(), v.contiguous()
+        else:
+            self.k, self.v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows ``index`` (B',) of the batch, in that order."""
+        self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
 
 
 class RelativePositionBias(nn.Module):
@@ -114,24 +142,34 @@ class RelativePositionBias(nn.Module):
         rel = pos[None, :] - pos[:, None]  # (T, T) key minus query
         return self.table(self._bucket(rel)).permute(2, 0, 1).unsqueeze(0)
 
+    def between(self, query_pos: torch.Tensor, key_pos: torch.Tensor) -> torch.Tensor:
+        """Bias of queries at ``query_pos`` (B, T_q) over keys at ``key_pos`` (B, T_k): (B, H, T_q, T_k)."""
+        rel = key_pos[:, None, :] - query_pos[:, :, None]  # (B, T_q, T_k) key minus query
+        return self.table(self._bucket(rel)).permute(0, 3, 1, 2)
+
 
 def build_attention_mask(
     padding: torch.Tensor | None,  # (B, T) bool, True = padding
-    causal_start: torch.Tensor | None,  # (B,) int64: tokens at >= this index attend causally
+    causal_start: torch.Tensor | None,  # (B,) int64: response tokens start at this sequence index
     length: int,
     device: torch.device,
+    causal_stop: int | None = None,  # the response ends here (the text segment's end); None: at ``length``
 ) -> torch.Tensor | None:  # bool (B, 1, T|1, T), True = attend; None = attend everywhere
     """Padding and prefix-LM mask for SDPA.
 
-    The prefix-LM mask is bidirectional over the prefix (media and prompt) and causal over the
-    response: query i may attend key j when ``j < causal_start`` or ``j <= i``.
+    The prefix-LM mask is bidirectional over the prefix (media and prompt) and causal over the response
+    (sequence indices ``[causal_start, causal_stop)``): a response key j is seen only by response queries
+    i >= j, so no prefix token (audio after the text included) depends on the response, and a response
+    token sees every prefix token and the response up to itself.
     """
     mask = None
     if padding is not None and bool(padding.any()):
         mask = (~padding)[:, None, None, :]  # (B, 1, 1, T)
     if causal_start is not None:
         idx = torch.arange(length, device=device)
-        allowed = (idx[None, None, :] < causal_start[:, None, None]) | (idx[None, None, :] <= idx[None, :, None])
+        stop = length if causal_stop is None else causal_stop
+        response = (idx[None, :] >= causal_start[:, None]) & (idx[None, :] < stop)  # (B, T)
+        allowed = ~response[:, None, :] | (response[:, :, None] & (idx[None, None, :] <= idx[None, :, None]))
         allowed = allowed[:, None]  # (B, 1, T, T)
         mask = allowed if mask is None else (mask & allowed)
     return mask

@@ -37,17 +37,24 @@ class MultiwayEncoder(nn.Module):
         self,
         x: torch.Tensor,  # (B, T, C)
         layout: Layout,
-        attn_mask: torch.Tensor | None = None,  # bool (B, 1, T|1, T), True = attend
+        attn_mask: torch.Tensor | None = None,  # bool (B, 1, T|1, T_k), True = attend
+        cache: list | None = None,  # one attention.LayerCache per block: decode against what they hold
+        position_bias: torch.Tensor | None = None,  # (B|1, H, T, T_k) relative position bias of a decode step
     ) -> torch.Tensor:  # (B, T, C), normalised
+        """With ``cache``, ``x`` is the new tokens only and ``layout`` theirs (``Layout.within`` the whole
+        sequence's modalities); ``attn_mask`` and ``position_bias`` span every key the caches hold."""
         x = x.transpose(0, 1).contiguous()  # (T, B, C): modality segments become contiguous blocks
         if self.rel_pos is not None:
             # SDPA takes one additive mask: fold the boolean mask into the bias
-            bias = self.rel_pos(x.shape[0], x.device).to(x.dtype)  # (1, H, T, T)
+            bias = position_bias if position_bias is not None else self.rel_pos(x.shape[0], x.device)
+            bias = bias.to(x.dtype)  # (1|B, H, T, T_k)
             if attn_mask is not None:
                 bias = bias.masked_fill(~attn_mask, float("-inf"))
             attn_mask = bias
-        for block in self.blocks:
-            if self.checkpoint_activations and torch.is_grad_enabled():
+        for i, block in enumerate(self.blocks):
+            if cache is not None:
+                x = block(x, layout, attn_mask, cache[i])
+            elif self.checkpoint_activations and torch.is_grad_enabled():
                 x = checkpoint(block, x, layout, attn_mask, use_reentrant=False)
             else:
                 x = block(x, layout, attn_mask)

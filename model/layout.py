@@ -36,11 +36,15 @@ class Layout:
         segments: contiguous modality segments in sequence order (empty for an interleaved layout).
         token_modality: ``(B, T)`` int64 index into ``names`` per token, for interleaved sequences.
         names: modality names ``token_modality`` indexes.
+        context: the modalities of the whole sequence when this layout covers only some of its tokens (a
+            decode step's new tokens): routing decisions that depend on the whole sequence (the fusion
+            experts serve every token of a multimodal sequence) follow it. Empty: this layout is the whole.
     """
 
     segments: tuple[Segment, ...] = ()
     token_modality: torch.Tensor | None = None
     names: tuple[str, ...] = ()
+    context: tuple[str, ...] = ()
 
     @classmethod
     def contiguous(cls, lengths: list[tuple[str, int]] | tuple[tuple[str, int], ...]) -> "Layout":
@@ -77,7 +81,12 @@ class Layout:
 
     @property
     def is_multimodal(self) -> bool:
-        return len(self.modalities) > 1
+        """More than one modality in the whole sequence (``context`` when set)."""
+        return len(set(self.context or self.modalities)) > 1
+
+    def within(self, context: tuple[str, ...]) -> "Layout":
+        """This layout as part of a sequence holding ``context`` (see the ``context`` field)."""
+        return Layout(self.segments, self.token_modality, self.names, tuple(context))
 
     @property
     def length(self) -> int:

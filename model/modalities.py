@@ -9,7 +9,8 @@ Input keys (all batch-first):
 
 * vision: ``pixels`` (B, 3, H, W) float; optional ``pixel_mask`` (B, N_patches) bool, True = replace the
   patch by the mask token (BEiT-3's ``vision_masked_position``).
-* text: ``text_ids`` (B, L) int64; optional ``text_padding_mask`` (B, L) bool, True = padding.
+* text: ``text_ids`` (B, L) int64; optional ``text_padding_mask`` (B, L) bool, True = padding, and
+  ``text_positions`` (B, L) int64, each token's index in its text (default 0..L-1; decoding uses it).
 * audio: ``fbank`` (B, T, n_mels) float; optional ``fbank_frames`` (B,) valid frames per sample and
   ``fbank_mask`` (B, N_audio_patches) bool, True = replace the patch by the mask token.
 """
@@ -188,10 +189,15 @@ class TextAdapter(ModalityAdapter):
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> AdapterOutput:
         ids = inputs["text_ids"]  # (B, L)
         L = ids.shape[1]
-        if self.offset + L > self.pos_embed.shape[0]:
-            raise ValueError(f"text of {L} tokens exceeds the position table ({self.pos_embed.shape[0]} rows, "
+        positions = inputs.get("text_positions")  # (B, L) or None
+        last = L if positions is None else int(positions.max()) + 1
+        if self.offset + last > self.pos_embed.shape[0]:
+            raise ValueError(f"text of {last} tokens exceeds the position table ({self.pos_embed.shape[0]} rows, "
                              f"offset {self.offset})")
-        x = self.embed(ids) + self.pos_embed[self.offset : self.offset + L]  # (B, L, C)
+        if positions is None:
+            x = self.embed(ids) + self.pos_embed[self.offset : self.offset + L]  # (B, L, C)
+        else:
+            x = self.embed(ids) + self.pos_embed[self.offset + positions.long()]  # (B, L, C)
         return AdapterOutput(x, inputs.get("text_padding_mask"))
 
 

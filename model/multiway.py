@@ -93,9 +93,10 @@ class MultiwayBlock(nn.Module):
         self,
         x: torch.Tensor,  # (T, B, C) sequence-first (see routing.py for why)
         layout: Layout,
-        attn_mask: torch.Tensor | None,  # bool (B, 1, T|1, T) True = attend, or additive float
+        attn_mask: torch.Tensor | None,  # bool (B, 1, T|1, T_k) True = attend, or additive float
+        cache=None,  # attention.LayerCache: decode against the tokens it holds (see MultiwayAttention)
     ) -> torch.Tensor:  # (T, B, C)
-        h = self.attn(route(self.attn_norm, x, layout), layout, attn_mask)
+        h = self.attn(route(self.attn_norm, x, layout), layout, attn_mask, cache)
         if self.attn_scale is not None:
             h = h * self.attn_scale
         x = x + drop_path(h, self.drop_path_rate, self.training)

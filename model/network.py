@@ -109,14 +109,16 @@ class MultiwayModel(nn.Module):
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> ModelOutput:
         """Encode whichever modalities ``inputs`` holds (see ``model.modalities`` for the keys).
 
-        ``inputs["text_causal_start"]`` (B,) int64, optional: text tokens at or after this index attend
-        causally (prefix-LM for generation); everything before (media and prompt) is bidirectional.
+        ``inputs["text_causal_start"]`` (B,) int64, optional: text tokens at or after this index are the
+        response and attend causally (prefix-LM for generation); media and prompt are bidirectional and
+        never see the response (see ``build_attention_mask``).
         """
         x, layout, padding = self.embed(inputs)
-        causal = inputs.get("text_causal_start")
+        causal, stop = inputs.get("text_causal_start"), None
         if causal is not None:
-            causal = causal.to(x.device).long() + layout.segment("text").start  # text -> sequence index
-        mask = build_attention_mask(padding, causal, x.shape[1], x.device)
+            text = layout.segment("text")
+            causal, stop = causal.to(x.device).long() + text.start, text.stop  # text -> sequence indices
+        mask = build_attention_mask(padding, causal, x.shape[1], x.device, stop)
         hidden = self.encoder(x, layout, mask)  # (B, T, C)
         out = ModelOutput(hidden=hidden, layout=layout, tokens={}, pooled={}, padding={})
         for seg in layout:

@@ -45,6 +45,13 @@ def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
     return x.permute(0, 2, 4, 3, 5, 1).reshape(B, (H // patch) * (W // patch), patch * patch * C)
 
 
+def normalize_patches(t: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """(..., D) patches -> zero mean, unit variance each (MAE's norm_pix): a pixel target that is the
+    patch's structure, not its brightness."""
+    mean, var = t.mean(-1, keepdim=True), t.var(-1, keepdim=True)
+    return (t - mean) / (var + eps).sqrt()
+
+
 def unpatchify(x: torch.Tensor, patch: int, channels: int = 3) -> torch.Tensor:
     """(B, N, P*P*C) -> (B, C, H, W); the inverse of ``patchify`` for a square grid."""
     B, N, _ = x.shape

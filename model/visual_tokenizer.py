@@ -24,7 +24,7 @@ from torch import nn
 
 from .layout import Layout
 from .network import MultiwayModel
-from .pixels import patchify, to_float_pixels, unpatchify
+from .pixels import normalize_patches, patchify, to_float_pixels, unpatchify
 from .vector_quantizer import NormEMAVectorQuantizer
 from .vqkd_config import VQKDConfig  # torch-free, so the pipeline planner can load it alone
 
@@ -45,7 +45,7 @@ class PixelTarget(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         t = patchify(pixels, self.patch)  # (B, N, 3*P*P)
         if self.norm_pix:
-            t = (t - t.mean(-1, keepdim=True)) / (t.var(-1, keepdim=True) + 1e-6).sqrt()
+            t = normalize_patches(t)
         return t
 
 
@@ -57,20 +57,21 @@ class VQKD(nn.Module):
         target: a frozen module mapping float pixels (B, 3, R, R) in [-1, 1] to patch features
             (B, N, target_dim); required when ``config.target == "teacher"``, else the pixel target is used.
             It is kept out of the state dict (never saved with the tokenizer).
+        checkpoint_activations: recompute the encoder's and decoder's blocks in backward (memory for time).
     """
 
-    def __init__(self, config: VQKDConfig, target: nn.Module | None = None):
+    def __init__(self, config: VQKDConfig, target: nn.Module | None = None, checkpoint_activations: bool = False):
         super().__init__()
         self.config = config
         if config.target == "teacher" and target is None:
             raise ValueError("VQKDConfig.target is 'teacher': pass the teacher module as target=")
-        self.encoder = MultiwayModel(config.backbone(config.depth))
+        self.encoder = MultiwayModel(config.backbone(config.depth, checkpoint_activations))
         # no patch is ever masked here; a parameter without gradient would trip DDP-style reducers
         self.encoder.adapters["vision"].mask_token.requires_grad_(False)
         self.encode_task = task_layer(config.dim, config.code_dim)
         self.quantizer = NormEMAVectorQuantizer(config.codebook_size, config.code_dim, config.beta,
                                                 config.decay, config.dead_threshold, config.restart_every)
-        dec = config.backbone(config.decoder_depth)
+        dec = config.backbone(config.decoder_depth, checkpoint_activations)
         self.decode_embed = nn.Linear(config.code_dim, config.dim)
         self.decode_pos = nn.Parameter(torch.zeros(1, config.num_patches, config.dim))
         nn.init.trunc_normal_(self.decode_pos, std=0.02)

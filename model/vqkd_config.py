@@ -82,12 +82,12 @@ class VQKDConfig:
     def loss_kind(self) -> str:
         return self.loss if self.loss != "auto" else ("cosine" if self.target == "teacher" else "mse")
 
-    def backbone(self, layers: int):
+    def backbone(self, layers: int, checkpoint_activations: bool = False):
         """A vision-only ``model.ModelConfig`` of this width (pre-LN ViT: no sub-LN, no experts to speak of)."""
         from .config import ModelConfig, VisionConfig
 
         return ModelConfig(dim=self.dim, layers=layers, heads=self.heads, ffn_dim=self.ffn_dim,
-                           modalities=("vision",), subln=False,
+                           modalities=("vision",), subln=False, checkpoint_activations=checkpoint_activations,
                            vision=VisionConfig(img_size=self.image_resolution, patch_size=self.patch_size))
 
     def to_dict(self) -> dict:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -105,10 +104,7 @@ class StageContext:
 
     def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
         """Attach a file (a plot, a table) to this stage's MLflow run."""
-        if self.client and os.path.exists(local_path):
-            self.client.log_artifact(self.run_id, local_path, artifact_path)
-
-    def set_tags(self, tags: dict[str, str]) -> None:
         if self.client:
-            for k, v in tags.items():
-                self.client.set_tag(self.run_id, k, str(v))
+            from pipelines.tracking import log_artifact
+
+            log_artifact(self.client, self.run_id, local_path, artifact_path)

@@ -47,6 +47,12 @@ def log_metrics(client, run_id: str, metrics: dict, step: int = 0) -> None:
         client.log_batch(run_id, metrics=items[i:i + MAX_METRICS_PER_BATCH])
 
 
+def log_artifact(client, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
+    """Attach a file to MLflow run ``run_id`` if it exists (a plot that could not be drawn is no error)."""
+    if os.path.exists(local_path):
+        client.log_artifact(run_id, local_path, artifact_path)
+
+
 def metric_name(key: str) -> str:
     """A metric key as MLflow accepts it: `val/text_to_image/r@1` -> `val/text_to_image/r_at_1`.
 

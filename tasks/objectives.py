@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model import AudioRegressionHead, ContrastiveHead, MIMHead, MLMHead
-from model.pixels import patchify
+from model.pixels import normalize_patches, patchify
 
 from .losses import contrastive_loss, token_infonce
 
@@ -98,10 +98,7 @@ class MaskedImageModeling(nn.Module):
             loss = _masked_mean(F.cross_entropy(pred.float(), labels, reduction="none"), k)
             acc = _masked_mean((pred.argmax(-1) == labels).float(), k)
             return {"loss": loss, "acc": acc.detach(), "count": torch.tensor(float(k))}
-        target = patchify(pixels, self.patch)  # (B, N, D)
-        # per-patch normalisation (MAE norm_pix_loss): the target is the patch's structure, not its brightness
-        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
-        target = ((target - mean) / (var + 1e-6).sqrt())[mask]  # (K, D)
+        target = normalize_patches(patchify(pixels, self.patch))[mask]  # (K, D), per patch (MAE norm_pix)
         loss = _masked_mean(((pred.float() - target) ** 2).mean(-1), k)
         return {"loss": loss, "count": torch.tensor(float(k))}
 

@@ -25,7 +25,7 @@ class TrainConfig:
         offload_optimizer: ZeRO optimizer states (and the optimizer step) on CPU memory: torch's
             fused AdamW on the fp32 partitions, nothing JIT-compiled.
         precision: ``auto`` (bf16 where the GPU supports it, else fp32), ``bf16`` or ``fp32``.
-        activation_checkpointing: recompute blocks in backward (the model's flag).
+        activation_checkpointing: recompute blocks in backward (sets the model's flag; the one switch for it).
         num_workers: Ray Train workers.
         cpus_per_worker: CPUs each worker reserves (leave some to Ray Data on small machines).
         use_gpu: one GPU per worker.

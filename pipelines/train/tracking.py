@@ -3,11 +3,10 @@ progress line, and the loss-curve PNG."""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
-from pipelines.tracking import log_metrics
+from pipelines.tracking import log_artifact, log_metrics
 
 
 class RunLogger:
@@ -48,8 +47,8 @@ class RunLogger:
         sys.stdout.flush()
 
     def artifact(self, path: str) -> None:
-        if self.client and os.path.exists(path):
-            self.client.log_artifact(self.run_id, path)
+        if self.client:
+            log_artifact(self.client, self.run_id, path)
 
 
 def loss_curve_png(history: list[list[float]], path: str) -> str | None:

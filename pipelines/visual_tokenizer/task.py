@@ -53,7 +53,8 @@ class VQKDTask(TrainTask):
         from model.visual_tokenizer import VQKD
 
         # cfg.tokenizer is a model.vqkd_config.VQKDConfig (the stage's config uses the model's class)
-        return VQKD(self.cfg.tokenizer, target=build_teacher(self.cfg.teacher))
+        return VQKD(self.cfg.tokenizer, target=build_teacher(self.cfg.teacher),
+                    checkpoint_activations=train.activation_checkpointing)
 
     def collate(self, stream: str, batch: dict):
         import torch

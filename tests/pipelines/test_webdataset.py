@@ -119,6 +119,17 @@ def test_reader_unreadable_tar_is_one_read_error(tmp_path):
     assert [r["text"] for r in read_tar(good)] == [b"x" * 2000, b"y"]
 
 
+def test_reader_corrupt_gzip_tar_is_one_read_error(tmp_path):
+    import gzip
+
+    good = write_tar(tmp_path / "good.tar", [("x.txt", b"x" * 20000), ("y.txt", b"y")])
+    packed = bytearray(gzip.compress(open(good, "rb").read()))
+    packed[len(packed) // 2] ^= 0xFF  # a flipped byte inside the deflate stream
+    (tmp_path / "bad.tar.gz").write_bytes(bytes(packed))
+    recs = read_tar(tmp_path / "bad.tar.gz", extensions=[".tar.gz"])
+    assert [(r["key"], r["reason"]) for r in recs if r["reason"]] == [("bad.tar.gz", "read_error")], recs
+
+
 # -- (b) export round trip -----------------------------------------------------------------------------------
 WORDS = "the quick brown fox jumps over a lazy dog while seven red birds sing softly".split()
 
@@ -261,6 +272,22 @@ def test_export_shards_round_trips_through_webdataset(built, tmp_path, capsys):
                 feats = np.load(io.BytesIO(s["fbank.npy"]))
                 assert feats.shape == (row["fbank_frames"], 128) and feats.tobytes() == row["fbank"]
             assert (int(s["cls"]) if "cls" in s else None) == row["label"]
+    # the output directory itself: the tokenizer is found from the storage layout around it
+    capsys.readouterr()
+    assert cli.main(["export", shards.dir, "--format", "webdataset", "--out", str(tmp_path / "bydir")]) == 0
+    assert "token ids only" not in capsys.readouterr().out
+    assert sorted(s["txt"] for s in read_back(tmp_path / "bydir", "train")) == sorted(
+        s["txt"] for s in read_back(tmp_path / "out", "train"))
+    # a copy outside its storage: no tokenizer beside it, so ids only, and the note says so
+    import shutil
+
+    shutil.copytree(shards.dir, tmp_path / "copy" / "shards")
+    assert cli.main(["export", str(tmp_path / "copy" / "shards"), "--format", "webdataset",
+                     "--out", str(tmp_path / "ids")]) == 0
+    assert "text written as token ids only" in capsys.readouterr().out
+    samples = read_back(tmp_path / "ids", "train")
+    assert samples and not any("txt" in s for s in samples)
+    assert all(json.loads(s["json"])["text_ids"] for s in samples)
 
 
 def test_export_refuses_what_is_not_corpus_or_shards(built, tmp_path, capsys):

@@ -8,12 +8,14 @@ here, because Ray's and webdataset's readers would silently yield half samples:
 - a media extension omniway does not read          -> unsupported_format
 - the tar itself unreadable                        -> read_error (one reject for the file)
 
-Member bytes are read through webdataset's own `tariterators.tar_file_iterator` (a
-streaming `r|*` pass, so each byte of the tar is read once, in order). The member list
-that decides the grouping comes from the tar headers instead (see `_member_names`).
+Two passes over each tar. First the member list, from the headers alone (`_member_names`,
+tarfile: data is seeked past; a compressed tar is decompressed): a split key is only known
+at the end of the tar, and holding the members' bytes until then would hold the whole tar
+in memory. Then the members' bytes, in one streaming pass through webdataset's own
+`tariterators.tar_file_iterator` (`_MemberBytes`), one sample at a time.
 Importing webdataset imports torch (webdataset/__init__ -> compat -> pytorch): about a
 second and ~200 MB of RSS per read-task process, paid only by processes that read a
-webdataset source (the import is inside `read`).
+webdataset source (the import is in `_MemberBytes`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import os
 import re
 import tarfile
+import zlib
 from typing import Iterator
 
 from pipelines.stages.corpus import SourceConfig
@@ -52,7 +55,7 @@ def read(src: SourceConfig, unit: dict) -> Iterator[dict]:
         names = _member_names(path)
         with open(path, "rb") as f:
             yield from _samples(src, shard, names, _MemberBytes(f, names))
-    except (tarfile.TarError, OSError, EOFError) as e:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:  # zlib: a corrupt .tar.gz
         yield reject_record(src.name, shard, "read_error", f"{type(e).__name__}: {e}"[:300])
 
 
@@ -118,7 +121,7 @@ class _MemberBytes:
             item = next(self._it)
         except StopIteration:
             raise tarfile.ReadError(f"{self._names[i]}: missing from the tar stream") from None
-        except (tarfile.TarError, OSError, EOFError) as e:
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
             # webdataset appends " @ <file object>" (an absolute path) to the message; drop it so
             # the reject's detail, part of the corpus output, stays what it was and portable
             suffix = f" @ {self._fileobj}"
