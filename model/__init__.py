@@ -41,6 +41,8 @@ Classes and functions:
     checkpoints: save_checkpoint(path, model), load_checkpoint(path, model=None), read_checkpoint(path),
         load_state_dict_strict(model, sd), CheckpointKeyError (lists missing / unexpected / mismatched keys)
     interop: model.interop.beit3 -- beit3_config, beit3_to_omniway, omniway_to_beit3, load_beit3
+    generation: model.generation -- generate(model, head, inputs, max_new_tokens=, eos_id=, ...) (greedy,
+        sampling, beam search with a KV cache), prefill, decode_step
     ops.Linear: nn.Linear with an fp32-BLAS bf16 path on CPUs without bf16 GEMM (same state-dict keys)
 
 ``model.config`` (and ``ModelConfig``, ``SIZES`` through this package) imports no torch; the rest does.

@@ -9,7 +9,7 @@ import numpy as np
 import soundfile as sf
 
 from pipelines.stages.corpus import AudioLimits
-from pipelines.data.text import Rejected
+from pipelines.data.text import Rejected, error_detail
 
 SUPPORTED_EXTS = {"", "wav", "flac", "ogg"}
 
@@ -19,7 +19,7 @@ def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
     try:
         wave, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except Exception as e:  # noqa: BLE001 - libsndfile errors have several types
-        raise Rejected("undecodable_audio", f"{type(e).__name__}: {str(e)[:200]}") from None
+        raise Rejected("undecodable_audio", error_detail(e)) from None
     return wave, rate
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from pipelines.stages.corpus import ImageLimits
-from pipelines.data.text import Rejected
+from pipelines.data.text import Rejected, error_detail
 
 SUPPORTED = {"JPEG", "PNG", "WEBP"}
 UNSUPPORTED_EXTS = {"gif", "bmp", "tif", "tiff", "avif", "heic", "svg", "ico"}
@@ -30,7 +30,7 @@ def _open(data: bytes, limits: ImageLimits) -> Image.Image:
     except Image.DecompressionBombError as e:
         raise Rejected("decompression_bomb", str(e)[:200]) from None
     except Exception as e:  # noqa: BLE001 - any decoder failure is a corrupt image
-        raise Rejected("corrupt_image", f"{type(e).__name__}: {str(e)[:200]}") from None
+        raise Rejected("corrupt_image", error_detail(e)) from None
     if img.format not in SUPPORTED:
         raise Rejected("unsupported_format", f"image format {img.format}")
     w, h = img.size
@@ -60,7 +60,7 @@ def normalize_image(data: Optional[bytes], limits: ImageLimits, ext: str = "") -
         orientation = img.getexif().get(0x0112, 1)
         img.load()  # full decode: catches truncation
     except Exception as e:  # noqa: BLE001
-        raise Rejected("corrupt_image", f"{type(e).__name__}: {str(e)[:200]}") from None
+        raise Rejected("corrupt_image", error_detail(e)) from None
     keep = (img.format == "JPEG" and img.mode == "RGB" and orientation in (0, 1)
             and max(w, h) <= limits.max_side)
     if keep:

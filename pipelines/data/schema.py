@@ -1,4 +1,4 @@
-"""The one place that defines what corpus and shards outputs hold, and their versions.
+"""The one place that defines what corpus, shards and instructions outputs hold, and their versions.
 
 Corpus output (`schema_version` = CORPUS_SCHEMA_VERSION), files
 `train/part-NNNNN.parquet`, `val/part-NNNNN.parquet`, `rejects/part-NNNNN.parquet`:
@@ -31,12 +31,28 @@ Shards output (`schema_version` = SHARDS_SCHEMA_VERSION), files
 | fbank        | binary?       | float16 little-endian, frames×mels (mels = 128), row-major |
 | fbank_frames | int32?        | number of frames of `fbank` |
 | label        | int32?        | as in the corpus |
+
+Instructions output (`schema_version` = INSTRUCTIONS_SCHEMA_VERSION), files `<split>/part-NNNNN.parquet`
+and `rejects/part-NNNNN.parquet` (as the corpus's, reasons from INSTRUCTION_REJECT_REASONS):
+
+| column       | type          | meaning |
+| ------------ | ------------- | ------- |
+| sample_id    | string        | `<source>/<key>` |
+| split        | string        | train / val |
+| source, task | string        | the source's name; `conversation`, `vqa`, `caption`, `label`, `match`, ... |
+| modalities   | list<string>  | text, then image and / or audio |
+| text_ids     | list<int32>   | the whole formatted conversation (`tasks.chat.ChatTemplate`), bos first |
+| loss_mask    | list<bool>    | per id: an assistant token or its eos (what the loss is on) |
+| causal_start | int32         | index of the first assistant token (the prefix-LM's causal start) |
+| pixels, image_tokens, fbank, fbank_frames | | as in the shards |
+| prompt, answer | string      | the last user turn's text, the last assistant turn's (the reference) |
 """
 
 from __future__ import annotations
 
 CORPUS_SCHEMA_VERSION = "omniway.corpus/1"
 SHARDS_SCHEMA_VERSION = "omniway.shards/1"
+INSTRUCTIONS_SCHEMA_VERSION = "omniway.instructions/1"
 # Versions the reader API knows how to read.
 KNOWN_SHARDS_VERSIONS = (SHARDS_SCHEMA_VERSION,)
 
@@ -86,6 +102,16 @@ def check_shards(manifest) -> None:
             f"({', '.join(KNOWN_SHARDS_VERSIONS)}); rebuild the shards stage or upgrade")
 
 
+# What an instruction record can be quarantined for beyond REJECT_REASONS (its media's reasons).
+INSTRUCTION_REJECT_REASONS = (
+    "placeholder_mismatch",   # <image> / <audio> placeholders != the record's media files
+    "unknown_role",           # a turn's role is none of system / user / assistant (or LLaVA's human / gpt)
+    "empty_response",         # an assistant turn without text
+    "turns_not_alternating",  # not (system?) user, assistant, user, assistant, ... ending with assistant
+    "no_supervised_tokens",   # nothing of any answer left after the cut to max_text_tokens
+)
+
+
 FBANK_MELS = 128
 FBANK_SAMPLE_RATE = 16_000
 FBANK_WIN = 400   # 25 ms at 16 kHz
@@ -128,3 +154,33 @@ def shards_schema():
         ("fbank_frames", pa.int32()),
         ("label", pa.int32()),
     ])
+
+
+def instructions_schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("sample_id", pa.string()),
+        ("split", pa.string()),
+        ("source", pa.string()),
+        ("task", pa.string()),
+        ("modalities", pa.list_(pa.string())),
+        ("text_ids", pa.list_(pa.int32())),
+        ("loss_mask", pa.list_(pa.bool_())),
+        ("causal_start", pa.int32()),
+        ("pixels", pa.binary()),
+        ("image_tokens", pa.list_(pa.int16())),
+        ("fbank", pa.binary()),
+        ("fbank_frames", pa.int32()),
+        ("prompt", pa.string()),
+        ("answer", pa.string()),
+    ])
+
+
+def instructions_result_schema():
+    """An instruction row or a reject, as the stage's Ray tasks return them (reason '' = accepted)."""
+    import pyarrow as pa
+
+    sch = instructions_schema()
+    return pa.schema([*sch, pa.field("reason", pa.string()), pa.field("detail", pa.string())])
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Optional
 
@@ -15,6 +16,14 @@ class Rejected(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+def error_detail(e: Exception, limit: int = 200) -> str:
+    """`Type: message` of a decoder's exception for a reject's detail, without the object reprs some
+    libraries put in it (`<_io.BytesIO object at 0x7f...>`): a detail is part of the stage's output, and
+    the same input must give the same bytes."""
+    message = re.sub(r"<([\w.]+) object at 0x[0-9a-fA-F]+>", r"<\1>", str(e))
+    return f"{type(e).__name__}: {message[:limit]}"
 
 
 def normalize_text(raw: Optional[bytes], limits: TextLimits) -> Optional[str]:

@@ -135,7 +135,8 @@ def resolve(cfg: PretrainConfig, inputs: dict, where: str) -> tuple[PretrainConf
                           f"{mc.vision.patch_size} px patches")
     check_recipe(cfg.recipe, cfg.recipe_overrides, where)
     resolved = dataclasses.replace(cfg, model=model, image_size=image_size, codebook_size=codebook)
-    return resolved, {"model_size": cfg.size, "image_size": mc.vision.img_size}
+    return resolved, {"model_size": cfg.size, "image_size": mc.vision.img_size,
+                      "max_text_tokens": mc.text.max_positions - mc.position_offset}
 
 
 @stage_kind("pretrain", config=PretrainConfig, version="1", num_cpus=0, resolve=resolve,
