@@ -50,6 +50,8 @@ Inside the encoder activations are sequence-first (T, B, C) so modality segments
 public input and output above is batch-first.
 """
 
+from .lazy_exports import lazy_exports
+
 # Names -> the submodule defining them, imported on first use (PEP 562): `model.config`,
 # `model.vqkd_config` and `model.typed_config` need only the standard library, so the pipeline
 # planner reads model settings without paying for torch; any other name imports torch with its module.
@@ -65,21 +67,4 @@ _EXPORTS = {
     "encoder": ("MultiwayEncoder",),
     "network": ("ModelOutput", "MultiwayModel"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'model' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -90,6 +90,16 @@ def _prompt_lengths(inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return lengths
 
 
+def _check_room(model, inputs: Mapping[str, torch.Tensor], max_new_tokens: int) -> None:
+    """Fail before any work when the longest prompt plus the new tokens overflow the text positions."""
+    c = model.config
+    room = c.text.max_positions - c.position_offset
+    longest = int(_prompt_lengths(inputs).max())
+    if longest + max_new_tokens - 1 > room:  # the last new token is never fed back
+        raise ValueError(f"a prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the model's "
+                         f"{room} text positions")
+
+
 @torch.no_grad()
 def prefill(model, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, DecodeState]:
     """Run media + prompt once and fill the caches.
@@ -189,6 +199,7 @@ def generate(model, head: Callable[[torch.Tensor], torch.Tensor], inputs: Mappin
         return beam_search(model, head, inputs, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
                             min_new_tokens=min_new_tokens, num_beams=num_beams, length_penalty=length_penalty,
                             no_repeat_ngram_size=no_repeat_ngram_size)
+    _check_room(model, inputs, max_new_tokens)
     hidden, state = prefill(model, inputs)
     B = hidden.shape[0]
     device = hidden.device
@@ -226,7 +237,9 @@ def beam_search(model, head, inputs: Mapping[str, torch.Tensor], *, max_new_toke
                 no_repeat_ngram_size: int = 0) -> GenerationOutput:
     """Beam search per row (``generate`` with ``num_beams`` > 1; arguments as there): ``num_beams`` live
     hypotheses; a hypothesis that emits eos is kept among the row's ``num_beams`` best finished ones, and a
-    row is done once its worst kept one scores at least what its best live beam could still reach."""
+    row is done once it holds ``num_beams`` of them and the worst scores at least its best live beam scored
+    at the current length (Hugging Face's rule with ``early_stopping=False``: with one beam it is greedy)."""
+    _check_room(model, inputs, max_new_tokens)
     hidden, state = prefill(model, inputs)
     B, K = hidden.shape[0], num_beams
     device = hidden.device
@@ -268,9 +281,7 @@ def beam_search(model, head, inputs: Mapping[str, torch.Tensor], *, max_new_toke
                     break
             finished[b] = sorted(finished[b], key=lambda h: -h[0])[:K]
             if len(finished[b]) == K:
-                # the best score a live beam could reach: its log-probability only falls with more tokens
-                best_live = new_logp[b].max().item() / (t + 1) ** length_penalty if length_penalty > 0 else \
-                    new_logp[b].max().item() / max_new_tokens ** length_penalty
+                best_live = new_logp[b].max().item() / (t + 1) ** length_penalty
                 if finished[b][-1][0] >= best_live:
                     row_done[b] = True
         if all(row_done) or t == max_new_tokens - 1:

@@ -13,7 +13,7 @@ PIXEL_MEAN, PIXEL_STD = 0.5, 0.5
 
 
 def to_unit_pixels(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> float (B, 3, H, W) in [0, 1] (a fresh tensor)."""
+    """uint8 (B, 3, H, W) -> float (B, 3, H, W) in [0, 1], a fresh tensor (the caller's uint8 one is kept)."""
     return pixels.float().div_(255.0)
 
 

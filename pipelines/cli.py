@@ -85,7 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(handler=cmd_export)
 
     for module in COMMAND_MODULES:
-        importlib.import_module(module).add_commands(sub, sys.modules[__name__])
+        try:  # a project's own `cluster` package on the path must not break `omniway run`
+            add_commands = getattr(importlib.import_module(module), "add_commands", None)
+        except ImportError:
+            add_commands = None
+        if add_commands is not None:
+            add_commands(sub, sys.modules[__name__])
     return parser
 
 

@@ -19,7 +19,10 @@ Modules:
     batching    BatchSpec, Collator (shard rows -> tensors, masks from an explicit generator)
     pretrain    PretrainModel (backbone + heads, routes each group to its objectives)
     metrics     recall_at_k, retrieval_metrics
+    chat        ChatTemplate (conversations -> ids + loss mask in one pass), normalize_turns, ConversationError
 """
+
+from model.lazy_exports import lazy_exports
 
 # Names -> the submodule defining them, imported on first use (PEP 562): `tasks.recipes` needs only the
 # standard library, so the pipeline planner checks recipe names and overrides without importing torch.
@@ -30,21 +33,4 @@ _EXPORTS = {
     "recipes": ("GROUPS", "MODEL_MODALITY", "OBJECTIVES", "RECIPES", "Recipe", "get_recipe", "group_batch_sizes",
                 "group_of"),
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tasks' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import io
-from typing import Optional
+from typing import Optional, TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
 
-from pipelines.stages.corpus import AudioLimits
 from pipelines.data.text import Rejected, error_detail
+
+if TYPE_CHECKING:  # config classes for annotations only: pipelines.data does not import the stages
+    from pipelines.stages.corpus import AudioLimits
 
 SUPPORTED_EXTS = {"", "wav", "flac", "ogg"}
 

@@ -10,11 +10,13 @@ costs seconds of start-up per process.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TYPE_CHECKING
 
 import numpy as np
 
-from pipelines.stages.shards import ShardsConfig
+if TYPE_CHECKING:  # config classes for annotations only: pipelines.data does not import the stages
+    from pipelines.stages.shards import ShardsConfig
+
 
 # A visual tokenizer maps uint8 pixels (B, 3, R, R) to token ids (B, patches).
 VisualEncoder = Callable[[np.ndarray], np.ndarray]

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import Optional
+from typing import Optional, TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from pipelines.stages.corpus import ImageLimits
 from pipelines.data.text import Rejected, error_detail
+
+if TYPE_CHECKING:  # config classes for annotations only: pipelines.data does not import the stages
+    from pipelines.stages.corpus import ImageLimits
 
 SUPPORTED = {"JPEG", "PNG", "WEBP"}
 UNSUPPORTED_EXTS = {"gif", "bmp", "tif", "tiff", "avif", "heic", "svg", "ico"}

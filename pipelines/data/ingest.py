@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from typing import Iterator
 
+
 def split_of(sample_id: str, val_fraction: float) -> str:
     """Deterministic split: the first 8 bytes of sha256(sample_id) as a fraction in [0, 1)."""
     x = int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:8], "big") / 2.0 ** 64

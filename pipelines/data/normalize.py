@@ -7,10 +7,13 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, TYPE_CHECKING
 
-from pipelines.stages.corpus import CorpusConfig
 from pipelines.data.text import Rejected, normalize_text
+
+if TYPE_CHECKING:  # config classes for annotations only: pipelines.data does not import the stages
+    from pipelines.stages.corpus import CorpusConfig
+
 
 def content_hash(text: str | None, image: bytes | None, audio: bytes | None,
                  label: int | None) -> str:

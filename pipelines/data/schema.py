@@ -80,7 +80,6 @@ REJECT_REASONS = (
 )
 
 
-
 class UnknownSchemaVersion(ValueError):
     """A stage output in a schema this code does not read; the message says what to rebuild."""
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Optional
+from typing import Optional, TYPE_CHECKING
 
-from pipelines.stages.corpus import TextLimits
+if TYPE_CHECKING:  # config classes for annotations only: pipelines.data does not import the stages
+    from pipelines.stages.corpus import TextLimits
 
 
 class Rejected(Exception):

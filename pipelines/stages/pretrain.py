@@ -37,8 +37,8 @@ class PretrainConfig:
         mim_target: `tokens` (visual-tokenizer codes), `pixels` (normalised patch pixels), or `auto`
             (tokens when the shards have them).
         codebook_size: visual codes, for the tokens target; default: the shards' visual tokenizer's.
-        image_size: model input resolution (shard pixels are resized to it); default: the shards' image
-            resolution (with the tokens target it must be that).
+        image_size: model input resolution (shard pixels are resized to it); default: `model.vision.img_size`
+            when given, else the shards' image resolution (with the tokens target it must be that).
         max_audio_frames: fbank frames kept per sample; default: what the audio position table covers.
         embed_dim: contrastive embedding width; default: the model width.
         in_memory_mb: train sample groups whose columns are estimated at or under this many MiB are read
@@ -103,9 +103,15 @@ def resolve(cfg: PretrainConfig, inputs: dict, where: str) -> tuple[PretrainConf
     shards = [s for s in inputs.values() if s.uses == "shards"]
     facts = shards[0].facts if len(shards) == 1 else {}
     model = copy.deepcopy(cfg.model)
+    if not isinstance(model.get("vision", {}), dict):
+        raise ConfigError(f"{where}: with.model.vision: expected a mapping, got {model['vision']!r}")
     image_size, codebook = cfg.image_size, cfg.codebook_size
+    given = model.get("vision", {}).get("img_size")
+    if given is not None and image_size is not None and given != image_size:
+        raise ConfigError(f"{where}: with.model.vision.img_size: {given} contradicts with.image_size {image_size}; "
+                          "set one of them")
     if image_size is None:
-        image_size = facts.get("image_resolution")
+        image_size = given if given is not None else facts.get("image_resolution")
     visual = facts.get("visual_tokens")
     if visual and cfg.mim_target != "pixels":
         tok = f"visual tokenizer {visual['stage']!r}"
@@ -115,8 +121,6 @@ def resolve(cfg: PretrainConfig, inputs: dict, where: str) -> tuple[PretrainConf
                               f"image_resolution {R}): its ids cover a {R // P}x{R // P} grid of {R}px images. "
                               "Leave image_size unset (it is taken from the shards) or set mim_target: pixels")
         vision = model.setdefault("vision", {})
-        if not isinstance(vision, dict):
-            raise ConfigError(f"{where}: with.model.vision: expected a mapping, got {vision!r}")
         if vision.setdefault("patch_size", P) != P:
             raise ConfigError(f"{where}: with.model.vision.patch_size: {vision['patch_size']} does not match "
                               f"{tok} (with.tokenizer.patch_size {P}): the model's patch grid must be the "

@@ -132,7 +132,8 @@ class PretrainTask(TrainTask):
         # what the shards fix, from their manifest (the pipeline loader filled the same values into the
         # config from the upstream configs; a stage run on its own, by a test or a script, gets them here)
         overrides = dict(self.cfg.model)
-        image_size = self.cfg.image_size or int(m.extra.get("image_resolution") or 0) or None
+        image_size = (self.cfg.image_size or (overrides.get("vision") or {}).get("img_size")
+                      or int(m.extra.get("image_resolution") or 0) or None)
         if image_size:
             overrides["vision"] = {**overrides.get("vision", {}), "img_size": image_size}
         tok = (m.extra.get("tokenizers") or {}).get("text") or {}

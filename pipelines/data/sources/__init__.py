@@ -12,9 +12,11 @@ from __future__ import annotations
 import glob
 import importlib
 import os
-from typing import Iterator
+from typing import Iterator, TYPE_CHECKING
 
-from pipelines.stages.corpus import SourceConfig
+if TYPE_CHECKING:  # config classes for annotations only: pipelines.data does not import the stages
+    from pipelines.stages.corpus import SourceConfig
+
 
 _MODULES = {"webdataset": "webdataset", "jsonl": "index", "csv": "index", "parquet": "parquet",
             "text": "texttree", "tuxpaint": "demo", "asterisk": "demo", "digits": "demo"}

@@ -13,11 +13,13 @@ from __future__ import annotations
 import gzip
 import io
 import os
-from typing import Iterator
+from typing import Iterator, TYPE_CHECKING
 
-from pipelines.stages.corpus import SourceConfig
 from pipelines.data.records import raw_record
 from pipelines.data.sources import chunk, list_files
+
+if TYPE_CHECKING:
+    from pipelines.stages.corpus import SourceConfig
 
 DEFAULT_PATHS = {"tuxpaint": "/usr/share/tuxpaint/stamps",
                  "asterisk": "/usr/share/asterisk/sounds/en_US_f_Allison"}
@@ -32,6 +34,8 @@ def plan(src: SourceConfig) -> list[dict]:
         n = 1797 if not src.limit else min(src.limit, 1797)
         return [{"range": r} for r in chunk(list(range(n)), max(src.files_per_unit, 256))]
     ext = ".png" if src.format == "tuxpaint" else ".wav"
+    from pipelines.stages.corpus import SourceConfig
+
     files = list_files(SourceConfig(name=src.name, format=src.format, path=_root(src),
                                     extensions=src.extensions or [ext], max_files=src.max_files))
     if src.limit:

@@ -11,11 +11,13 @@ import csv
 import io
 import json
 import os
-from typing import Iterator
+from typing import Iterator, TYPE_CHECKING
 
-from pipelines.stages.corpus import SourceConfig
 from pipelines.data.records import raw_record, reject_record
 from pipelines.data.sources import list_files, unsafe_relpath
+
+if TYPE_CHECKING:  # config classes for annotations only: pipelines.data does not import the stages
+    from pipelines.stages.corpus import SourceConfig
 
 
 def plan(src: SourceConfig) -> list[dict]:

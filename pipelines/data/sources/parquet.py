@@ -8,11 +8,13 @@ integer column. Key: the id column when configured, else `<file>:<row>`.
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from typing import Iterator, TYPE_CHECKING
 
-from pipelines.stages.corpus import SourceConfig
 from pipelines.data.records import raw_record, reject_record
 from pipelines.data.sources import list_files
+
+if TYPE_CHECKING:  # config classes for annotations only: pipelines.data does not import the stages
+    from pipelines.stages.corpus import SourceConfig
 
 
 def plan(src: SourceConfig) -> list[dict]:

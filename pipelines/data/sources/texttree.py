@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Iterator
+from typing import Iterator, TYPE_CHECKING
 
-from pipelines.stages.corpus import SourceConfig
 from pipelines.data.records import raw_record, reject_record
 from pipelines.data.sources import chunk, list_files
+
+if TYPE_CHECKING:  # config classes for annotations only: pipelines.data does not import the stages
+    from pipelines.stages.corpus import SourceConfig
 
 _PARAGRAPH = re.compile(rb"(?:\r?\n)[ \t]*(?:\r?\n)+")
 

@@ -25,11 +25,13 @@ import os
 import re
 import tarfile
 import zlib
-from typing import Iterator
+from typing import Iterator, TYPE_CHECKING
 
-from pipelines.stages.corpus import SourceConfig
 from pipelines.data.records import raw_record, reject_record
 from pipelines.data.sources import list_files, unsafe_relpath
+
+if TYPE_CHECKING:  # config classes for annotations only: pipelines.data does not import the stages
+    from pipelines.stages.corpus import SourceConfig
 
 IMAGE_EXTS = {"jpg", "jpeg", "png", "webp"}
 AUDIO_EXTS = {"wav", "flac", "ogg"}
