@@ -41,6 +41,8 @@ test: venv demo-data
 	$(PY) -m pytest
 
 bench: venv demo-data
+	# transformers is a benchmark-only dependency (bench_generate.py's GPT-2 baseline).
+	$(PIP) install -q -e '.[bench]'
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:

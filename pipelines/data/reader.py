@@ -50,13 +50,19 @@ def read_shards(manifest, split: str = "train", modalities: Optional[Sequence[st
     Raises:
         UnknownSchemaVersion: the manifest's schema version is not one this code knows.
     """
+    return read_split(manifest, shard_paths(manifest, split), split, modalities, exact=exact, columns=columns)
+
+
+def read_split(manifest, paths: list[str], split: str, modalities: Optional[Sequence[str]] = None, *,
+               exact: bool = False, columns: Optional[list[str]] = None):
+    """The Parquet files ``paths`` of a stage output with a `modalities` column (shards, instructions) as a
+    Ray Dataset, filtered and projected as `read_shards` says; the caller checked the schema version."""
     import ray
 
     from pipelines.data.raycompat import ensure_ray
 
-    paths = shard_paths(manifest, split)
     if not paths:
-        raise ValueError(f"shards {manifest.dir}: no {split!r} files")
+        raise ValueError(f"{manifest.dir}: no {split!r} files")
     wanted = frozenset(modalities or ())
     bad = wanted - set(schema.MODALITIES)
     if bad:

@@ -24,6 +24,7 @@ from pipelines.typed import ConfigError
 from tasks.chat import ChatTemplate
 
 DEFAULT_RESOLUTION, DEFAULT_MAX_TOKENS = 224, 256
+TOKENIZER_FILE = "text.model"  # a copy of the text tokenizer, beside the rows it tokenized
 
 
 @dataclass
@@ -224,6 +225,11 @@ def instructions(ctx) -> dict[str, float]:
             writers[row["split"]].add_rows([{k: row[k] for k in names}])
     for w in (*writers.values(), rejects):
         w.close()
+    # the tokenizer travels with the shards it tokenized: a model tuned on them decodes with it
+    import os
+
+    with open(os.path.join(out, TOKENIZER_FILE), "wb") as f:
+        f.write(spm_model)
     if count["read"] != count["accepted"] + count["rejected"]:
         raise RuntimeError(f"instructions accounting broken: {dict(count)}")
     if not count["train"]:
@@ -237,7 +243,7 @@ def instructions(ctx) -> dict[str, float]:
         "rows_per_task": dict(sorted(per_task.items())), "read_by_source": dict(sorted(per_source.items())),
         "rejected_by_reason": dict(sorted(reasons.items())),
         "tokenizers": {"text": {"stage": tok.stage, "sha256": info["sha256"], "vocab_size": info["vocab_size"],
-                                "ids": info["ids"]},
+                                "ids": info["ids"], "model": TOKENIZER_FILE},
                        "visual": ({"stage": visual.stage, "fingerprint": visual.fingerprint} if visual else None)},
         "template": vars(cfg.template), "image_resolution": cfg.image_resolution,
         "max_text_tokens": cfg.max_text_tokens,

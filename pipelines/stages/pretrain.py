@@ -150,9 +150,10 @@ def pretrain(ctx) -> dict[str, float]:
     from pipelines.train.pretrain_task import PretrainTask
 
     cfg = ctx.config
-    task = PretrainTask(cfg, ctx.input("shards"))
+    shards = ctx.input("shards")
+    task = PretrainTask(cfg, shards)
     result = fit_stage(ctx, task, cfg.train)
-    ctx.extra.update({"model_config": task.model_config, "recipe": cfg.recipe, "mim_target": task.mim_target,
+    ctx.extra.update({"text_tokenizer": (shards.extra.get("tokenizers") or {}).get("text"),"model_config": task.model_config, "recipe": cfg.recipe, "mim_target": task.mim_target,
                       "stream_batch_sizes": task.sizes, "dropped_groups": task.dropped,
                       "shard_counts": task.counts, "in_memory_groups": task.in_memory, "files": result.files})
     metrics = {k: float(v) for k, v in result.metrics.items()

@@ -94,13 +94,14 @@ def numpy_batch(group: str, n: int, seed: int = 0, n_classes: int = 8) -> dict[s
 
 
 def shards_manifest(root: str, stage: str = "shards"):
-    """A committed-looking `Manifest` of kind `shards` for the files under `root` (from `write_shards`)."""
+    """A committed-looking `Manifest` for the files under `root` (from `write_shards`, or `write_instructions`
+    whose manifests are of kind `instructions`)."""
     from pipelines.manifest import Manifest, describe_files, fingerprint_of
 
     with open(os.path.join(root, "_meta.json")) as f:
         meta = json.load(f)
     files = [e for e in describe_files(root, meta["rows"]) if e["path"] != "_meta.json"]
-    data = {"stage": stage, "kind": "shards", "key": "fixture", "files": files,
+    data = {"stage": stage, "kind": meta.get("kind", "shards"), "key": "fixture", "files": files,
             "schema_version": meta["schema_version"], "extra": meta["extra"], "metrics": {},
             "fingerprint": fingerprint_of("fixture", files)}
     return Manifest(dir=root, data=data, storage_uri=os.path.dirname(root))
@@ -120,3 +121,44 @@ def run_pretrain(storage_root: str, manifest, config: dict, *, key: str = "k1", 
     return execute_stage(pipeline="t", stage="pretrain", kind="pretrain", key=key, config=cfg,
                          config_dict=to_dict(cfg), inputs={"shards": manifest}, storage=Storage(storage_root),
                          run_id=run_id, tracking_uri=uri)
+
+
+def write_instructions(root: str, *, rows_per_group: dict[str, int], n_classes: int = 4, rows_per_file: int = 32,
+                       seed: int = 0) -> str:
+    """Instruction rows in the instructions schema under `root` (and `_meta.json`, as `write_shards`): one turn
+    per sample, the prompt holds a class token (5 + c) and the sample's media, the answer two class-specific
+    ids and eos, so the answer loss can fall fast."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.data import schema
+
+    rng = np.random.default_rng(seed)
+    files = {}
+    for split, scale in (("train", 1), ("val", 4)):
+        rows = []
+        for group, n in rows_per_group.items():
+            for i in range(max(2, n // scale)):
+                c = i % n_classes
+                base = sample(rng, c, GROUPS[group], f"{split}/{group}/{i}", split, n_classes)
+                prompt = [2, 20, 21, 5 + c, 22]
+                answer = [40 + 2 * c, 41 + 2 * c, 3]
+                base.update(text_ids=prompt + answer, loss_mask=[False] * len(prompt) + [True] * len(answer),
+                            causal_start=len(prompt), source="fixture", task="conversation",
+                            prompt=f"class {c}?", answer=f"answer {c}")
+                base.pop("label")
+                rows.append(base)
+        os.makedirs(os.path.join(root, split), exist_ok=True)
+        for k in range(0, len(rows), rows_per_file):
+            rel = f"{split}/part-{k // rows_per_file:05d}.parquet"
+            table = pa.Table.from_pylist(rows[k:k + rows_per_file], schema=schema.instructions_schema())
+            pq.write_table(table, os.path.join(root, rel), compression="zstd")
+            files[rel] = table.num_rows
+    meta = {"schema_version": schema.INSTRUCTIONS_SCHEMA_VERSION, "rows": files, "kind": "instructions",
+            "extra": {"image_resolution": RESOLUTION, "max_text_tokens": 16,
+                      "tokenizers": {"text": {"vocab_size": 512, "sha256": "fixture", "model": None,
+                                              "ids": {"pad": 0, "unk": 1, "bos": 2, "eos": 3, "<mask>": 4}},
+                                     "visual": None}}}
+    with open(os.path.join(root, "_meta.json"), "w") as f:
+        json.dump(meta, f)
+    return root
