@@ -84,6 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_args(export, when="with a pipeline file, as the run had it: ")
     export.set_defaults(handler=cmd_export)
 
+    generate = sub.add_parser("generate", help="answer a prompt (about an image / audio) with an instruct stage's model")
+    generate.add_argument("source", help="an instruct stage output directory, or PIPELINE.yaml with --stage")
+    generate.add_argument("prompt", help="the question or instruction")
+    generate.add_argument("--stage", default=None, help="with a pipeline file: the instruct stage to answer with")
+    generate.add_argument("--image", default=None, help="an image file the prompt is about")
+    generate.add_argument("--audio", default=None, help="an audio file the prompt is about")
+    generate.add_argument("--max-new-tokens", type=int, default=32)
+    generate.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (1: greedy)")
+    _add_store_args(generate, when="with a pipeline file, as the run had it: ")
+    generate.set_defaults(handler=cmd_generate)
+
     for module in COMMAND_MODULES:
         try:  # a project's own `cluster` package on the path must not break `omniway run`
             add_commands = getattr(importlib.import_module(module), "add_commands", None)
@@ -165,6 +176,35 @@ def cmd_export(args) -> int:
         print(f"  {path}")
     for note in result.notes:
         print(f"note: {note}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from pipelines.export import ExportError, resolve_stage
+    from pipelines.generate import Assistant
+
+    directory = args.source.rstrip("/")
+    if os.path.isfile(args.source) and args.source.endswith((".yaml", ".yml")):
+        if not args.stage:
+            print("omniway generate: a pipeline file needs --stage NAME (the instruct stage)", file=sys.stderr)
+            return 2
+        try:
+            root, directory = resolve_stage(args.source, args.stage, overrides=args.overrides, workdir=args.workdir,
+                                            storage=args.storage)
+        except ExportError as e:
+            print(f"omniway generate: {e}", file=sys.stderr)
+            return 1
+        if "://" in root:
+            print("omniway generate: the stage output lies on URI storage; export it first "
+                  "(omniway export ... --out DIR) and give DIR", file=sys.stderr)
+            return 1
+    try:
+        assistant = Assistant.load(directory)
+        print(assistant.answer(args.prompt, image=args.image, audio=args.audio, max_new_tokens=args.max_new_tokens,
+                               num_beams=args.num_beams))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"omniway generate: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -26,11 +26,15 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipelines.train.instruct_task import HEAD_FILE, INSTRUCT_FILE
 from pipelines.train.pretrain_task import HEADS_FILE, MODEL_FILE, PRETRAIN_FILE
 
 FORMATS = ("omniway", "beit3", "webdataset")
-# the stage kinds each format takes (omniway / beit3: any output holding the pretrain files)
-FORMAT_KINDS = {"omniway": "pretrain", "beit3": "pretrain", "webdataset": "corpus, shards"}
+# the stage kinds each format takes (omniway / beit3: any output holding a model file)
+FORMAT_KINDS = {"omniway": "pretrain, instruct", "beit3": "pretrain, instruct", "webdataset": "corpus, shards"}
+# what a model export carries beside the backbone, when the output has it: the pretraining heads, or the
+# instruction-tuned LM head, its settings and the tokenizer it decodes with
+MODEL_COMPANIONS = (HEADS_FILE, PRETRAIN_FILE, HEAD_FILE, INSTRUCT_FILE, "text.model")
 
 
 class ExportError(ValueError):
@@ -97,11 +101,11 @@ def _open_source(output_dir: str, storage_root: str | None, tmp: str) -> _Source
                           "PIPELINE.yaml --stage NAME)")
     manifest = (store or Storage(os.path.dirname(os.path.abspath(output_dir)))).read_manifest(output_dir)
     listed = {e["path"]: e for e in (manifest or {}).get("files", [])}
-    names = [n for n in (MODEL_FILE, HEADS_FILE, PRETRAIN_FILE)
+    names = [n for n in (MODEL_FILE, *MODEL_COMPANIONS)
              if (n in listed if manifest else os.path.exists(os.path.join(output_dir, n)))]
     if MODEL_FILE not in names:
         what = f"stage {manifest['stage']!r} (kind {manifest['kind']!r})" if manifest else output_dir
-        raise ExportError(f"{what} output has no {MODEL_FILE}: not a pretrain stage output (formats take: "
+        raise ExportError(f"{what} output has no {MODEL_FILE}: not a model stage output (formats take: "
                           + "; ".join(f"{f}: {k}" for f, k in FORMAT_KINDS.items()) + ")")
     local = output_dir
     try:
@@ -146,7 +150,7 @@ def _write_omniway(src: _Source, config, dest: str) -> list[str]:
     heads, and write the config as JSON for tools that do not read safetensors metadata."""
     os.makedirs(dest, exist_ok=True)
     written = []
-    for name in (MODEL_FILE, HEADS_FILE, PRETRAIN_FILE):
+    for name in (MODEL_FILE, *MODEL_COMPANIONS):
         if os.path.exists(os.path.join(src.local, name)):
             shutil.copyfile(os.path.join(src.local, name), os.path.join(dest, name))
             written.append(os.path.join(dest, name))

@@ -223,7 +223,8 @@ class InstructTask(TrainTask):
         with open(os.path.join(out_dir, INSTRUCT_FILE), "w") as f:
             json.dump({"model_config": self.model_config, "trainable": self.cfg.trainable,
                        "template": self.instructions.extra.get("template"), "stream_batch_sizes": self.sizes,
-                       "tokenizer": self.instructions.extra["tokenizers"]["text"]}, f, indent=2, sort_keys=True)
+                       "tokenizer": self.instructions.extra["tokenizers"]["text"],
+                       "image_resolution": self.instructions.extra["image_resolution"]}, f, indent=2, sort_keys=True)
         with open(os.path.join(out_dir, SAMPLES_FILE), "w") as f:
             for row in self.samples:
                 f.write(json.dumps(row) + "\n")

@@ -317,4 +317,4 @@ def test_export_refuses_what_is_not_corpus_or_shards(built, tmp_path, capsys):
     _, path, workdir = built
     code = cli.main(["export", path, "--stage", "corpus", "--out", str(tmp_path / "m"), "--workdir", workdir])
     err = capsys.readouterr().err
-    assert code == 1 and "not a pretrain stage output" in err and "webdataset: corpus, shards" in err
+    assert code == 1 and "not a model stage output" in err and "webdataset: corpus, shards" in err

@@ -1,0 +1,108 @@
+"""Answering with an instruction-tuned model: the Python entry point and `omniway generate`.
+
+    from pipelines.generate import Assistant
+    bot = Assistant.load(".omniway/storage/demo/instruct/<key>")   # an instruct output, or its omniway export
+    bot.answer("what shape is in the image?", image="shape.png")     # -> "circle"
+
+Media go through the stages' own code (validated as the corpus stage does, featurized as the shards stage
+does, collated as in training), the prompt through the chat template the model was tuned with, and the
+answer through `model.generation.generate` (greedy by default; sampling and beams by keyword).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+class Assistant:
+    """A loaded instruction-tuned model.
+
+    Args:
+        model: the ``tasks.instruct.InstructModel`` (eval mode).
+        tokenizer: the sentencepiece processor the model was tuned with.
+        settings: the output's ``instruct.json`` (template, tokenizer ids, image resolution).
+    """
+
+    def __init__(self, model, tokenizer, settings: dict):
+        from tasks.chat import ChatTemplate
+
+        self.model, self.sp, self.settings = model.eval(), tokenizer, settings
+        self.template = ChatTemplate(**(settings.get("template") or {}))
+        self.ids = settings["tokenizer"]["ids"]
+
+    @classmethod
+    def load(cls, directory: str) -> "Assistant":
+        """From a directory holding ``model.safetensors``, ``lm_head.safetensors``, ``instruct.json`` and
+        ``text.model`` (an instruct stage output, or ``omniway export --format omniway`` of one)."""
+        import sentencepiece as spm
+        from safetensors.torch import load_file
+
+        from model import load_checkpoint
+        from tasks.instruct import InstructModel
+
+        missing = [n for n in ("model.safetensors", "lm_head.safetensors", "instruct.json", "text.model")
+                   if not os.path.exists(os.path.join(directory, n))]
+        if missing:
+            raise FileNotFoundError(f"{directory}: not an instruct output (missing {', '.join(missing)})")
+        backbone = load_checkpoint(os.path.join(directory, "model.safetensors"))
+        model = InstructModel(backbone.config)
+        model.backbone.load_state_dict(backbone.state_dict(), strict=True)
+        model.lm.load_state_dict(load_file(os.path.join(directory, "lm_head.safetensors")), strict=True)
+        with open(os.path.join(directory, "instruct.json")) as f:
+            settings = json.load(f)
+        return cls(model, spm.SentencePieceProcessor(model_file=os.path.join(directory, "text.model")), settings)
+
+    def _spec(self):
+        from tasks import BatchSpec
+
+        c = self.model.backbone.config
+        return BatchSpec(image_size=c.vision.img_size, shard_resolution=int(self.settings["image_resolution"]),
+                         patch_size=c.vision.patch_size, max_text_tokens=c.text.max_positions - c.position_offset,
+                         max_audio_frames=(c.audio.max_tokens - 1) * c.audio.patch_frames,
+                         patch_frames=c.audio.patch_frames, n_mels=c.audio.n_mels, pad_id=self.ids["pad"],
+                         bos_id=self.ids["bos"], eos_id=self.ids["eos"])
+
+    def inputs(self, prompt: str, image: str | bytes | None = None, audio: str | bytes | None = None) -> dict:
+        """The model's inputs for one question: media as in training, the chat template's prompt ids."""
+        import numpy as np
+        import torch
+
+        from pipelines.data.audio import load_audio_16k, normalize_audio
+        from pipelines.data.fbank import fbank_bytes
+        from pipelines.data.image import image_pixels, normalize_image
+        from pipelines.stages.corpus import AudioLimits, ImageLimits
+        from tasks import Collator, get_recipe
+
+        collator = Collator(self._spec(), get_recipe("omni"))
+        out: dict = {}
+        text = prompt
+        if audio is not None:
+            data = open(audio, "rb").read() if isinstance(audio, str) else audio
+            ext = os.path.splitext(audio)[1].lstrip(".") if isinstance(audio, str) else ""
+            fbank, frames = fbank_bytes(load_audio_16k(normalize_audio(data, AudioLimits(), ext)))
+            out.update(collator._audio([fbank], np.asarray([frames])))
+            text = "<audio>\n" + text
+        if image is not None:
+            data = open(image, "rb").read() if isinstance(image, str) else image
+            ext = os.path.splitext(image)[1].lstrip(".") if isinstance(image, str) else ""
+            pixels = image_pixels(normalize_image(data, ImageLimits(), ext), int(self.settings["image_resolution"]))
+            out["pixels"] = collator._pixels([pixels.tobytes()])
+            text = "<image>\n" + text
+        ids = self.template.encode_prompt([("user", text)], self.sp.encode, bos_id=self.ids["bos"],
+                                          eos_id=self.ids["eos"])
+        out["text_ids"] = torch.tensor([ids], dtype=torch.long)
+        return out
+
+    def answer(self, prompt: str, image: str | bytes | None = None, audio: str | bytes | None = None,
+               max_new_tokens: int = 32, **generate_kwargs) -> str:
+        """The model's answer to ``prompt`` about ``image`` and / or ``audio`` (paths or bytes)."""
+        from model.generation import generate
+
+        inputs = self.inputs(prompt, image, audio)
+        c = self.model.backbone.config
+        room = c.text.max_positions - c.position_offset - inputs["text_ids"].shape[1] + 1
+        out = generate(self.model.backbone, self.model.logits, inputs, max_new_tokens=max(1, min(max_new_tokens, room)),
+                       eos_id=self.ids["eos"], pad_id=self.ids["pad"], **generate_kwargs)
+        tokens = [t for t in out.tokens[0, :int(out.lengths[0])].tolist() if t != self.ids["eos"]]
+        return self.sp.decode(tokens)
