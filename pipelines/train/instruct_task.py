@@ -176,15 +176,20 @@ class InstructTask(TrainTask):
 
         loss_sum = count = 0.0
         self.samples = []
+        per_group = -(-self.cfg.val_samples // max(1, len(streams)))  # answers from every group
         with torch.no_grad():
             for group, it in streams.items():
+                answered = 0
                 for t in it:
                     t = self.prepare({group: t}, step=step, rank=0, device=device, dtype=dtype)[group]
                     r = module.group_loss(group, t)
                     loss_sum += float(r["loss"]) * float(r["count"])
                     count += float(r["count"])
-                    if len(self.samples) < self.cfg.val_samples:
-                        self.samples += self._answers(module, group, t, self.cfg.val_samples - len(self.samples))
+                    want = min(per_group - answered, self.cfg.val_samples - len(self.samples))
+                    if want > 0:
+                        rows = self._answers(module, group, t, want)
+                        self.samples += rows
+                        answered += len(rows)
         if not count:
             return {}
         loss = loss_sum / count

@@ -13,5 +13,7 @@ DEMO = Path(__file__).resolve().parents[2] / "pipelines" / "configs" / "demo.yam
 def test_demo_pipeline_loads(tmp_path):
     spec = load_pipeline(DEMO, workdir=str(tmp_path))
     assert topological_order(spec) == ["corpus", "text-tokenizer", "visual-tokenizer", "shards",
-                                       "pretrain"]
+                                       "pretrain", "instructions", "instruct"]
+    # what the upstream stages fix reached the instruction data
+    assert spec.stages["instructions"].config.image_resolution == 112
     assert spec.ray.num_cpus == 2
