@@ -189,7 +189,7 @@ def main() -> None:
 
     import ray
 
-    from pipelines.stages.shards import ShardsConfig
+    from pipelines.stages.shards import DEFAULT_RESOLUTION, ShardsConfig
     from pipelines.data.image import image_pixels
     from pipelines.data.raycompat import ensure_ray
     from pipelines.data.shards_build import write_shards
@@ -204,7 +204,7 @@ def main() -> None:
     try:
         corpus, tok = build_inputs(root, args.docs)
         spm_model = open(tok.path("text.model"), "rb").read()
-        cfg = ShardsConfig(num_workers=args.cpus)
+        cfg = ShardsConfig(num_workers=args.cpus, image_resolution=DEFAULT_RESOLUTION)
         rows = corpus_rows(corpus)
         n = len(rows)
         mods = {m: sum(m in r["modalities"] for r in rows) for m in ("text", "image", "audio")}

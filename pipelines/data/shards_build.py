@@ -110,6 +110,9 @@ def write_shards(corpus, spm_model: bytes, cfg, out_dir: str, set_rows=None,
 
     from pipelines.data.writer import part_path
 
+    if cfg.image_resolution is None:  # the stage fills it in; a caller without one gets a clear error
+        raise ValueError("write_shards: cfg.image_resolution is unset (the shards stage takes it from the "
+                         "visual tokenizer, else 224): set it")
     out_dir = os.path.abspath(out_dir)  # the tasks' working directory is not this one
     done = []
     for spec, res in iter_parts(corpus, spm_model, cfg, splits, visual,
