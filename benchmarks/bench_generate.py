@@ -24,7 +24,7 @@ both ran the same steps, the tokens of cached and recompute are checked to be th
 
 Targets, batch 8: cached >= 5x the tokens/s of recompute, >= 1.2x those of transformers.
 
-    python benchmarks/bench_generate.py                 # CPU defaults: about 6 minutes on 2 cores
+    python benchmarks/bench_generate.py                 # CPU defaults: about 4 minutes on 2 idle cores
     python benchmarks/bench_generate.py --quick         # seconds: debug model, 2-layer GPT-2, batch 1, 8 tokens
     python benchmarks/bench_generate.py --device cuda   # GPU, bf16 autocast
 
