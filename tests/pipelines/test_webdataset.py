@@ -29,6 +29,7 @@ from pipelines import cli  # noqa: E402
 from pipelines.data.sources import webdataset as wds_source  # noqa: E402
 from pipelines.export import resolve_stage  # noqa: E402
 from pipelines.manifest import Manifest  # noqa: E402
+from pipelines.stages.corpus import SourceConfig  # noqa: E402
 from pipelines.storage import Storage  # noqa: E402
 
 
@@ -63,7 +64,7 @@ def write_tar(path, members: list[tuple[str, bytes]]) -> str:
 
 # -- (a) the reader ---------------------------------------------------------------------------------------
 def read_tar(path, **kw) -> list[dict]:
-    src = wds_source.SourceConfig(name="w", format="webdataset", path=str(path), text_field="caption", **kw)
+    src = SourceConfig(name="w", format="webdataset", path=str(path), text_field="caption", **kw)
     return [rec for unit in wds_source.plan(src) for rec in wds_source.read(src, unit)]
 
 
