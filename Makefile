@@ -11,9 +11,18 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 # Debian packages holding the real demo corpora.
 DEMO_DEBS := tuxpaint-stamps-default asterisk-core-sounds-en-wav asterisk-core-sounds-en python3.11-doc
+# Debian's headless browser and its WebDriver, for the evaluate report's test (selenium drives them).
+BROWSER_DEBS := chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# $(call apt_install,PACKAGES,WHAT): install the Debian PACKAGES unless dpkg has them all; the
+# package lists are refreshed only when the install fails (a fresh CI machine has none yet).
+apt_install = dpkg -s $(1) >/dev/null 2>&1 || { \
+  echo "installing $(2): $(1)"; \
+  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(1) >/dev/null 2>&1 || { \
+    $(SUDO) apt-get update -q >/dev/null && \
+    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(1) >/dev/null; }; }
 
-.PHONY: demo test bench venv demo-data clean
+.PHONY: demo test bench venv demo-data browser clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,16 +37,15 @@ $(VENV)/.installed: pyproject.toml Makefile
 venv: $(VENV)/.installed
 
 demo-data:
-	@dpkg -s $(DEMO_DEBS) >/dev/null 2>&1 || { \
-	  echo "installing demo corpora: $(DEMO_DEBS)"; \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEMO_DEBS) >/dev/null 2>&1 || { \
-	    $(SUDO) apt-get update -q >/dev/null && \
-	    $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(DEMO_DEBS) >/dev/null; }; }
+	@$(call apt_install,$(DEMO_DEBS),demo corpora)
+
+browser:
+	@$(call apt_install,$(BROWSER_DEBS),the test browser)
 
 demo: venv demo-data
 	$(VENV)/bin/omniway run pipelines/configs/demo.yaml
 
-test: venv demo-data
+test: venv demo-data browser
 	$(PY) -m pytest
 
 bench: venv demo-data

@@ -11,9 +11,10 @@ import importlib
 import os
 import sys
 
-# Modules adding subcommands through `add_commands(subparsers, this_module)`: `omniway submit` and
-# `omniway jobs` come from cluster/, loaded by name (no import statement: the direction is cluster -> pipelines).
-COMMAND_MODULES: tuple[str, ...] = ("cluster.jobs",)
+# Modules adding subcommands through `add_commands(subparsers, this_module)`: `omniway report` from the
+# evaluation package; `omniway submit` and `omniway jobs` from cluster/, loaded by name (no import
+# statement: the direction is cluster -> pipelines).
+COMMAND_MODULES: tuple[str, ...] = ("pipelines.evaluation.summary", "cluster.jobs")
 
 
 def add_pipeline_args(p: argparse.ArgumentParser) -> None:
@@ -122,6 +123,12 @@ def cmd_run(args) -> int:
         return 0
     print()
     print(format_summary(report))
+    if any(s.uses == "evaluate" for s in spec.stages.values()):
+        from pipelines.evaluation.summary import evaluation_summary
+
+        evaluations = evaluation_summary(spec)
+        if evaluations:
+            print("\n" + evaluations)
     if report.tracking_uri and report.parent_run_id:
         print(f"\nMLflow: mlflow ui --backend-store-uri {report.tracking_uri}"
               f"   (run {report.parent_run_id})")

@@ -53,15 +53,11 @@ class Assistant:
             settings = json.load(f)
         return cls(model, spm.SentencePieceProcessor(model_file=os.path.join(directory, "text.model")), settings)
 
-    def _spec(self):
+    def batch_spec(self):
+        """The ``tasks.BatchSpec`` turning stored rows (and media given here) into this model's inputs."""
         from tasks import BatchSpec
 
-        c = self.model.backbone.config
-        return BatchSpec(image_size=c.vision.img_size, shard_resolution=int(self.settings["image_resolution"]),
-                         patch_size=c.vision.patch_size, max_text_tokens=c.text.max_positions - c.position_offset,
-                         max_audio_frames=(c.audio.max_tokens - 1) * c.audio.patch_frames,
-                         patch_frames=c.audio.patch_frames, n_mels=c.audio.n_mels, pad_id=self.ids["pad"],
-                         bos_id=self.ids["bos"], eos_id=self.ids["eos"])
+        return BatchSpec.for_model(self.model.backbone.config, self.settings["image_resolution"], self.ids)
 
     def inputs(self, prompt: str, image: str | bytes | None = None, audio: str | bytes | None = None) -> dict:
         """The model's inputs for one question: media as in training, the chat template's prompt ids."""
@@ -74,7 +70,7 @@ class Assistant:
         from pipelines.stages.corpus import AudioLimits, ImageLimits
         from tasks import Collator, get_recipe
 
-        collator = Collator(self._spec(), get_recipe("omni"))
+        collator = Collator(self.batch_spec(), get_recipe("omni"))
         out: dict = {}
         text = prompt
         if audio is not None:
@@ -97,12 +93,18 @@ class Assistant:
     def answer(self, prompt: str, image: str | bytes | None = None, audio: str | bytes | None = None,
                max_new_tokens: int = 32, **generate_kwargs) -> str:
         """The model's answer to ``prompt`` about ``image`` and / or ``audio`` (paths or bytes)."""
+        return self.generate(self.inputs(prompt, image, audio), max_new_tokens, **generate_kwargs)[0]
+
+    def generate(self, inputs: dict, max_new_tokens: int = 32, **generate_kwargs) -> list[str]:
+        """Answers to a batch of prompts: ``inputs`` as ``inputs`` makes them (media tensors, prompt
+        ``text_ids`` right-padded with ``text_padding_mask``); at most the positions the model has left."""
         from model.generation import generate
 
-        inputs = self.inputs(prompt, image, audio)
         c = self.model.backbone.config
         room = c.text.max_positions - c.position_offset - inputs["text_ids"].shape[1] + 1
         out = generate(self.model.backbone, self.model.logits, inputs, max_new_tokens=max(1, min(max_new_tokens, room)),
                        eos_id=self.ids["eos"], pad_id=self.ids["pad"], **generate_kwargs)
-        tokens = [t for t in out.tokens[0, :int(out.lengths[0])].tolist() if t != self.ids["eos"]]
-        return self.sp.decode(tokens)
+        answers = []
+        for row, n in zip(out.tokens.tolist(), out.lengths.tolist()):
+            answers.append(self.sp.decode([t for t in row[:int(n)] if t != self.ids["eos"]]))
+        return answers

@@ -18,7 +18,14 @@ Modules:
     recipes     Recipe, RECIPES, get_recipe, GROUPS, group_of, group_batch_sizes
     batching    BatchSpec, Collator (shard rows -> tensors, masks from an explicit generator)
     pretrain    PretrainModel (backbone + heads, routes each group to its objectives)
-    metrics     recall_at_k, retrieval_metrics
+    metrics     recall_at_k, retrieval_metrics (pretraining validation, on tasks.retrieval's ranks)
+    retrieval   retrieval_scores, best_positive_ranks (chunked exact ranks: R@k, mean / median rank, chance)
+    zero_shot   build_zero_shot_classifier, zero_shot_logits, classification_metrics, mean_per_class_recall
+    linear_probe  linear_probe (scikit-learn logistic regression on frozen features)
+    text_metrics  captioning_scores, captioning_baseline, vqa_accuracy, most_frequent_answer, asr_scores,
+                asr_baseline, vqa_scores (pycocoevalcap, jiwer)
+    caption_tokenizer  ptb_tokenize (the COCO evaluation's Java PTB tokenization, in Python)
+    vqa_answers  normalize_answer, vqa_soft_score (VQAv2 answer normalisation and leave-one-out accuracy)
     chat        ChatTemplate (conversations -> ids + loss mask in one pass), normalize_turns, ConversationError
 """
 
@@ -28,9 +35,16 @@ from model.lazy_exports import lazy_exports
 # standard library, so the pipeline planner checks recipe names and overrides without importing torch.
 _EXPORTS = {
     "batching": ("BatchSpec", "Collator"),
+    "linear_probe": ("linear_probe",),
     "metrics": ("recall_at_k", "retrieval_metrics"),
     "pretrain": ("PretrainModel",),
     "recipes": ("GROUPS", "MODEL_MODALITY", "OBJECTIVES", "RECIPES", "Recipe", "get_recipe", "group_batch_sizes",
                 "group_of"),
+    "retrieval": ("best_positive_ranks", "retrieval_scores"),
+    "text_metrics": ("asr_baseline", "asr_scores", "captioning_baseline", "captioning_scores", "most_frequent_answer",
+                     "most_frequent_caption", "vqa_accuracy", "vqa_scores"),
+    "vqa_answers": ("normalize_answer", "vqa_soft_score"),
+    "zero_shot": ("build_zero_shot_classifier", "classification_metrics", "mean_per_class_recall",
+                  "zero_shot_logits"),
 }
 __getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), _EXPORTS)

@@ -47,6 +47,27 @@ class BatchSpec:
     eos_id: int = 3
     mask_id: int = 4
 
+    @classmethod
+    def for_model(cls, config, shard_resolution: int, ids: dict | None = None,
+                  max_audio_frames: int | None = None) -> "BatchSpec":
+        """The spec of a model over stored rows.
+
+        Args:
+            config: the ``model.ModelConfig`` the batches feed.
+            shard_resolution: R of the rows' 3×R×R pixels.
+            ids: the text tokenizer's special ids as the shards manifest records them (``pad``, ``bos``,
+                ``eos``, ``<mask>``); missing ones keep the defaults.
+            max_audio_frames: fbank frames kept; default: what the audio position table covers.
+        """
+        ids = ids or {}
+        return cls(image_size=config.vision.img_size, shard_resolution=int(shard_resolution),
+                   patch_size=config.vision.patch_size,
+                   max_text_tokens=config.text.max_positions - config.position_offset,
+                   max_audio_frames=max_audio_frames or (config.audio.max_tokens - 1) * config.audio.patch_frames,
+                   patch_frames=config.audio.patch_frames, n_mels=config.audio.n_mels,
+                   pad_id=ids.get("pad", cls.pad_id), bos_id=ids.get("bos", cls.bos_id),
+                   eos_id=ids.get("eos", cls.eos_id), mask_id=ids.get("<mask>", cls.mask_id))
+
 
 class Collator:
     """Turns one group's numpy batch into tensors and draws its masks.

@@ -1,12 +1,15 @@
-"""Retrieval and accuracy metrics over whole validation sets."""
+"""Retrieval metrics of pretraining validation (both directions of each modality pair), on
+``tasks.retrieval``'s chunked exact ranks: no N x N similarity matrix is built."""
 
 from __future__ import annotations
 
 import torch
 
+from tasks.retrieval import best_positive_ranks, positives_per_query
+
 
 def recall_at_k(queries: torch.Tensor, candidates: torch.Tensor, ks=(1, 5),
-                labels: torch.Tensor | None = None) -> dict[int, float]:
+                labels: torch.Tensor | None = None, chunk_size: int = 4096) -> dict[int, float]:
     """Recall@k of cross-modal retrieval.
 
     Query i's positive is candidate i, and with ``labels`` every candidate j with ``labels[j] ==
@@ -18,29 +21,25 @@ def recall_at_k(queries: torch.Tensor, candidates: torch.Tensor, ks=(1, 5),
         candidates: (N, E) unit vectors, row i paired with query i.
         ks: cut-offs.
         labels: (N,) ints, equal for rows whose paired content is identical; None: all distinct.
+        chunk_size: rows scored at once (see ``tasks.retrieval.best_positive_ranks``).
     Returns:
         k -> fraction of queries with a positive in the top k (ties count against the query).
     """
-    sim = queries.float() @ candidates.float().t()  # (N, N)
-    positive = _positives(sim.shape[0], labels, sim.device)  # (N, N) bool
-    best = sim.masked_fill(~positive, float("-inf")).max(1).values[:, None]  # (N, 1)
-    # rank = negatives scoring at least as high as the best positive
-    rank = ((sim >= best) & ~positive).sum(1)  # (N,)
-    return {k: float((rank < k).float().mean()) for k in ks}
+    lab = _labels(queries.shape[0], labels)
+    ranks, _ = best_positive_ranks(queries, candidates, lab, lab, chunk_size)  # (N,) 1-based
+    return {k: int((ranks <= k).sum()) / len(ranks) for k in ks}
 
 
 def chance_at_1(n: int, labels: torch.Tensor | None = None) -> float:
     """Expected R@1 of a random ranking: the mean share of positives among the N candidates."""
     if n == 0:
         return 0.0
-    return float(_positives(n, labels, "cpu").sum(1).double().mean()) / n
+    lab = _labels(n, labels)
+    return float(positives_per_query(lab, lab).double().mean()) / n
 
 
-def _positives(n: int, labels: torch.Tensor | None, device) -> torch.Tensor:
-    if labels is None:
-        return torch.eye(n, dtype=torch.bool, device=device)
-    labels = labels.to(device)
-    return labels[:, None] == labels[None, :]
+def _labels(n: int, labels: torch.Tensor | None) -> torch.Tensor:
+    return torch.arange(n) if labels is None else labels
 
 
 def retrieval_metrics(emb: dict[str, torch.Tensor], pairs, ks=(1, 5),

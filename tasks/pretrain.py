@@ -28,6 +28,17 @@ from .recipes import GROUPS, MODEL_MODALITY, Recipe
 _INPUT_KEYS = {"text": ("text_ids", "text_padding_mask"), "image": ("pixels",), "audio": ("fbank", "fbank_frames")}
 
 
+def unit_embedding(backbone: nn.Module, contrast: nn.Module | None, b: dict[str, torch.Tensor],
+                   modality: str) -> torch.Tensor:
+    """Unimodal clean pass of one shard modality (``text``, ``image``, ``audio``) -> (B, E) unit embedding:
+    the contrast projection when there is one (``CrossModalContrast``), else the normalised CLS feature."""
+    mm = MODEL_MODALITY[modality]
+    pooled = backbone(PretrainModel._inputs(b, (modality,))).pooled[mm]  # (B, C)
+    if contrast is not None and mm in contrast.head.proj:
+        return contrast.embed({mm: pooled})[mm]
+    return torch.nn.functional.normalize(pooled, dim=-1)
+
+
 class PretrainModel(nn.Module):
     """Backbone + objective heads.
 
@@ -87,13 +98,8 @@ class PretrainModel(nn.Module):
         return t if modality == "text" else t[:, 1:]  # vision / audio: drop CLS -> (B, N, C)
 
     def embed(self, b: dict[str, torch.Tensor], modality: str) -> torch.Tensor:
-        """Unimodal clean pass of one shard modality -> (B, E) unit embedding (the contrast projection
-        when the recipe has one, else the normalised CLS feature)."""
-        mm = MODEL_MODALITY[modality]
-        pooled = self.backbone(self._inputs(b, (modality,))).pooled[mm]  # (B, C)
-        if hasattr(self, "contrast"):
-            return self.contrast.embed({mm: pooled})[mm]
-        return torch.nn.functional.normalize(pooled, dim=-1)
+        """Unimodal clean pass of one shard modality -> (B, E) unit embedding (``unit_embedding``)."""
+        return unit_embedding(self.backbone, getattr(self, "contrast", None), b, modality)
 
     # -- training --------------------------------------------------------------------------------------
     def group_losses(self, group: str, b: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:

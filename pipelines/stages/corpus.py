@@ -49,6 +49,8 @@ class SourceConfig:
         max_files: at most this many input files (0 = all), in sorted order.
         files_per_unit: text, tuxpaint and asterisk: how many input files one Ray task reads (other
             formats read one file per task).
+        label_names: the name of each label (label i is `label_names[i]`), recorded in the manifest for the
+            stages below (zero-shot classification prompts); digits: "0" to "9" when unset.
     """
 
     name: str = ""
@@ -67,6 +69,13 @@ class SourceConfig:
     limit: int = 0
     max_files: int = 0
     files_per_unit: int = 64
+    label_names: list[str] = field(default_factory=list)
+
+    def label_table(self) -> list[str]:
+        """The label names this source's manifest records (empty: its labels have no names)."""
+        if not self.label_names and self.format == "digits":
+            return [str(d) for d in range(10)]
+        return list(self.label_names)
 
 
 @dataclass
@@ -159,7 +168,7 @@ def resolve(cfg: CorpusConfig, inputs: dict, where: str) -> tuple[CorpusConfig, 
         check_config(cfg)
     except ValueError as e:
         raise ConfigError(f"{where}: with.{e}") from None
-    return cfg, {}
+    return cfg, {"label_names": {s.name: s.label_table() for s in cfg.sources if s.label_table()}}
 
 
 @stage_kind("corpus", config=CorpusConfig, version="1", num_cpus=0, resolve=resolve,
@@ -234,6 +243,8 @@ def corpus(ctx) -> dict[str, float]:
                                  if k.startswith("combo:")},
         "rejected_by_reason": dict(sorted(reasons.items())),
         "read_by_source": dict(sorted(per_source.items())),
+        # source -> its label names (label i -> names[i]), for zero-shot classification downstream
+        "label_names": {s.name: s.label_table() for s in cfg.sources if s.label_table()},
     })
     metrics = {k: float(count[k]) for k in ("read", "accepted", "rejected", "duplicates",
                                             "train", "val")}

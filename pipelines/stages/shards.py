@@ -66,8 +66,9 @@ def resolve(cfg: ShardsConfig, inputs: dict, where: str) -> tuple[ShardsConfig, 
                 f"grid of {R}px images. Leave it unset (it is taken from the tokenizer)")
     elif resolution is None:
         resolution = DEFAULT_RESOLUTION
+    corpus = next(s.facts for s in inputs.values() if s.uses == "corpus")
     return (dataclasses.replace(cfg, image_resolution=resolution),
-            {"image_resolution": resolution, "visual_tokens": visual})
+            {"image_resolution": resolution, "visual_tokens": visual, "label_names": corpus.get("label_names", {})})
 
 
 @stage_kind("shards", config=ShardsConfig, version="1", num_cpus=0, resolve=resolve,
@@ -128,6 +129,7 @@ def shards(ctx) -> dict[str, float]:
                        "visual": ({**visual_facts, "fingerprint": visual.fingerprint}
                                   if visual else None)},
         "corpus_fingerprint": corpus.fingerprint,
+        "label_names": corpus.extra.get("label_names", {}),  # source -> label names, as the corpus recorded
         "image_resolution": cfg.image_resolution,
         "max_text_tokens": cfg.max_text_tokens,
         "fbank": {"sample_rate": schema.FBANK_SAMPLE_RATE, "win": schema.FBANK_WIN,

@@ -107,11 +107,7 @@ class InstructTask(TrainTask):
 
         mc = ModelConfig.from_dict(self.model_config)
         ids = self.instructions.extra["tokenizers"]["text"]["ids"]
-        return BatchSpec(image_size=mc.vision.img_size, shard_resolution=int(self.instructions.extra["image_resolution"]),
-                         patch_size=mc.vision.patch_size, max_text_tokens=mc.text.max_positions - mc.position_offset,
-                         max_audio_frames=(mc.audio.max_tokens - 1) * mc.audio.patch_frames,
-                         patch_frames=mc.audio.patch_frames, n_mels=mc.audio.n_mels, pad_id=ids["pad"],
-                         bos_id=ids["bos"], eos_id=ids["eos"], mask_id=ids.get("<mask>", 4))
+        return BatchSpec.for_model(mc, self.instructions.extra["image_resolution"], ids)
 
     def build_model(self, train):
         import tempfile

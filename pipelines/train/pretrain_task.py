@@ -193,14 +193,8 @@ class PretrainTask(TrainTask):
 
             mc = ModelConfig.from_dict(self.model_config)
             ids = ((self.shards.extra.get("tokenizers") or {}).get("text") or {}).get("ids") or {}
-            max_audio = self.cfg.max_audio_frames or (mc.audio.max_tokens - 1) * mc.audio.patch_frames
-            spec = BatchSpec(image_size=mc.vision.img_size,
-                             shard_resolution=int(self.shards.extra.get("image_resolution", mc.vision.img_size)),
-                             patch_size=mc.vision.patch_size,
-                             max_text_tokens=mc.text.max_positions - mc.position_offset,
-                             max_audio_frames=max_audio, patch_frames=mc.audio.patch_frames, n_mels=mc.audio.n_mels,
-                             pad_id=ids.get("pad", 0), bos_id=ids.get("bos", 2), eos_id=ids.get("eos", 3),
-                             mask_id=ids.get("<mask>", 4))
+            spec = BatchSpec.for_model(mc, self.shards.extra.get("image_resolution", mc.vision.img_size), ids,
+                                       self.cfg.max_audio_frames)
             self._collator = Collator(spec, self.recipe())
         return self._collator
 

@@ -1,0 +1,139 @@
+"""Peak memory and time of the evaluate stage's retrieval metrics: chunked exact ranks
+(`tasks.retrieval.retrieval_scores`) against the plain full-matrix computation.
+
+Data: N random unit query embeddings (dim 256, fp32) and N candidates, candidate i = query i plus
+Gaussian noise (norm 3.5x the signal), re-normalised, so R@k is neither 0 nor 1; labels all distinct
+(query i's only positive is candidate i). The chunked run is the evaluate stage's call: R@1/5/10, mean
+and median rank, chance levels and the top-10 candidates per query, `chunk_size` 4096.
+
+  chunked 100k    100,000 x 100,000 (the full matrix would be 40 GB of fp32)
+  chunked / full  at `--full-n` (20,000: the full matrix is 1.6 GB and its masks and masked copy bring
+                  the peak to ~4.5 GB), with the same R@k (asserted) and the ranks compared
+
+How memory is measured: each measurement runs in a fresh Python process that builds its inputs, then
+resets the kernel's peak-RSS counter (writing 5 to /proc/self/clear_refs; where that is refused, the
+peak of `resource.getrusage` is used and the line says so), runs the metric once and reads VmHWM from
+/proc/self/status: "peak extra MB" = VmHWM - RSS just before the call, i.e. what the metric needs on
+top of its inputs (inputs: 2 x N x 256 x 4 bytes = 205 MB at 100k). A warm-up call on 64 rows before
+the reset pages in torch's kernels, so their code pages do not count. Time is that one call's wall time.
+
+Last line: `retrieval_peak_mb_100k: <peak extra MB of the chunked 100k run>` (target <= 1,024).
+
+    python benchmarks/bench_evaluate.py [--n 100000] [--full-n 20000] [--chunk-size 4096]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+
+WORKER = r"""
+import json, os, resource, sys, time
+import torch
+sys.path.insert(0, os.getcwd())
+from tasks.retrieval import retrieval_scores
+
+def rss_kb(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+
+def full_matrix(q, c, ks):
+    # the plain computation (pretraining's recall_at_k before chunking): the whole (N, N) matrix
+    sim = q @ c.t()  # (N, N)
+    positive = torch.eye(sim.shape[0], dtype=torch.bool)
+    best = sim.masked_fill(~positive, float("-inf")).max(1).values[:, None]
+    rank = ((sim >= best) & ~positive).sum(1) + 1
+    return {f"r@{k}": int((rank <= k).sum()) / len(rank) for k in ks}, rank
+
+mode, n, chunk = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+g = torch.Generator().manual_seed(0)
+q = torch.randn(n, 256, generator=g)
+q.div_(q.norm(dim=1, keepdim=True))
+c = torch.randn(n, 256, generator=g).mul_(3.5 / 16).add_(q)  # noise of norm ~3.5 (sqrt(256) = 16)
+c.div_(c.norm(dim=1, keepdim=True))
+ks = (1, 5, 10)
+# warm-up on 64 rows: the first call pages in torch's kernels (code, thread pools), which is not the
+# metric's memory
+full_matrix(q[:64], c[:64], ks), retrieval_scores(q[:64], c[:64], ks=ks, chunk_size=chunk, return_topk=10)
+try:
+    open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM to the current RSS
+    how = "VmHWM after /proc/self/clear_refs reset"
+except OSError:
+    how = "ru_maxrss (no peak reset: a lower bound of the peak is hidden below earlier peaks)"
+before = rss_kb("VmRSS")
+t = time.perf_counter()
+if mode == "full":
+    recall, rank = full_matrix(q, c, ks)
+else:
+    out = retrieval_scores(q, c, ks=ks, chunk_size=chunk, return_topk=10)
+    recall, rank = {f"r@{k}": out[f"r@{k}"] for k in ks}, out["ranks"]
+seconds = time.perf_counter() - t
+peak = rss_kb("VmHWM") if how.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if sys.argv[4:] and sys.argv[4]:
+    torch.save(rank, sys.argv[4])
+print(json.dumps({"seconds": seconds, "peak_extra_mb": (peak - before) / 1024, "inputs_mb": before / 1024,
+                  "recall": recall, "how": how}))
+"""
+
+
+def measure(mode: str, n: int, chunk: int, rank_path: str) -> dict:
+    """One measurement in a fresh interpreter (so earlier runs' peaks and caches do not count)."""
+    out = subprocess.run([sys.executable, "-c", WORKER, mode, str(n), str(chunk), rank_path],
+                         capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(
+                             os.path.abspath(__file__))))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def cpu_model() -> str:
+    try:
+        for row in open("/proc/cpuinfo"):
+            if row.startswith("model name"):
+                return row.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def line(name: str, m: dict) -> str:
+    recall = ", ".join(f"{k} {v:.4f}" for k, v in m["recall"].items())
+    return (f"{name:>22}: {m['seconds']:7.1f} s, peak extra {m['peak_extra_mb']:7.0f} MB "
+            f"(RSS before the call {m['inputs_mb']:.0f} MB), {recall}")
+
+
+def main() -> None:
+    import tempfile
+
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--full-n", type=int, default=20_000)
+    parser.add_argument("--chunk-size", type=int, default=4096)
+    args = parser.parse_args()
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs "
+          f"(affinity {len(os.sched_getaffinity(0))}), torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        chunked_small = measure("chunked", args.full_n, args.chunk_size, f"{tmp}/chunked.pt")
+        full_small = measure("full", args.full_n, args.chunk_size, f"{tmp}/full.pt")
+        differ = int((torch.load(f"{tmp}/chunked.pt") != torch.load(f"{tmp}/full.pt")).sum())
+    print(f"memory: {chunked_small['how']}")
+    for name, m in ((f"full matrix {args.full_n:,}", full_small), (f"chunked {args.full_n:,}", chunked_small)):
+        print(line(name, m))
+    print(f"ranks differing between chunked and full at {args.full_n:,}: {differ} of {args.full_n:,}")
+    assert chunked_small["recall"] == full_small["recall"], "chunked R@k differ from the full matrix"
+    print(f"R@k identical at {args.full_n:,}: yes")
+    print(f"full_over_chunked_peak_mb at {args.full_n:,}: "
+          f"{full_small['peak_extra_mb'] / max(chunked_small['peak_extra_mb'], 1):.1f}")
+    big = measure("chunked", args.n, args.chunk_size, "")  # ranks not saved
+    print(line(f"chunked {args.n:,}", big))
+    print(f"retrieval_peak_mb_100k: {big['peak_extra_mb']:.0f}")
+
+
+if __name__ == "__main__":
+    main()

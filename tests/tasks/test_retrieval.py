@@ -1,0 +1,106 @@
+"""Chunked retrieval ranks against a plain full-matrix computation and against ranks worked out by hand."""
+
+from math import comb
+
+import pytest
+import torch
+
+from tasks.metrics import recall_at_k
+from tasks.retrieval import best_positive_ranks, chance_recall, retrieval_scores
+
+
+def full_matrix_ranks(q, c, ql, cl):
+    """The straightforward reference: the whole (N, M) matrix, rank = 1 + negatives >= best positive."""
+    sim = q @ c.t()  # (N, M)
+    pos = ql[:, None] == cl[None, :]
+    best = sim.masked_fill(~pos, float("-inf")).max(1).values[:, None]
+    return ((sim >= best) & ~pos).sum(1) + 1
+
+
+def integer_embeddings(n, m, seed):
+    # small integers: every dot product is exact in fp32 whatever the summation order, and ties are
+    # frequent, so chunked and full-matrix ranks must agree exactly, tie rule included
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(-2, 3, (n, 4), generator=g).float()
+    c = torch.randint(-2, 3, (m, 4), generator=g).float()
+    return q, c, g
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 7, 16, 1000])
+def test_chunked_ranks_equal_the_full_matrix(chunk):
+    q, c, g = integer_embeddings(37, 53, seed=chunk)
+    # 6 labels over 53 candidates: several positives per query (duplicate captions), in shuffled order
+    cl = torch.randint(0, 6, (53,), generator=g)
+    cl[:6] = torch.arange(6)  # every label has a candidate
+    ql = torch.randint(0, 6, (37,), generator=g)
+    ranks, top = best_positive_ranks(q, c, ql, cl, chunk_size=chunk, return_topk=9)
+    expected = full_matrix_ranks(q, c, ql, cl)
+    assert torch.equal(ranks, expected)
+    assert len(set(expected.tolist())) > 3  # the case is not degenerate
+    # top-9: the scores of the returned candidates are the 9 best scores, best first, all distinct indices
+    sim = q @ c.t()
+    assert torch.equal(sim.gather(1, top), sim.topk(9, dim=1).values)
+    assert all(len(set(row)) == 9 for row in top.tolist())
+    out = retrieval_scores(q, c, ql, cl, ks=(1, 5, 10), chunk_size=chunk)
+    for k in (1, 5, 10):
+        assert out[f"r@{k}"] == pytest.approx(float((expected <= k).double().mean()))
+    assert out["mean_rank"] == pytest.approx(float(expected.double().mean()))
+
+
+def test_ranks_by_hand():
+    q = torch.tensor([[1.0, 0], [0, 1], [1, 1], [-1, 0]])
+    c = torch.tensor([[2.0, 0], [1, 1], [0, 2], [1, 0]])
+    ql, cl = torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1, 2, 2])
+    # q0: positive c0 scores 2, nothing higher -> 1
+    # q1: positive c1 scores 1, c2 scores 2 -> 2
+    # q2: best positive c2 scores 2, negatives c0, c1 tie at 2 and count against it -> 3
+    # q3: positive c0 scores -2, every other candidate is at least as high -> 4
+    out = retrieval_scores(q, c, ql, cl, ks=(1, 2, 3), chunk_size=3, return_topk=2)
+    assert out["ranks"].tolist() == [1, 2, 3, 4]
+    assert (out["r@1"], out["r@2"], out["r@3"]) == (0.25, 0.5, 0.75)
+    assert out["mean_rank"] == 2.5 and out["median_rank"] == 2.5
+    assert out["n_queries"] == 4 and out["n_candidates"] == 4 and out["mean_positives"] == 1.25
+    # chance: positives per query 1, 1, 2, 1 of 4 candidates
+    assert out["chance@1"] == pytest.approx((1 + 1 + 2 + 1) / 4 / 4)
+    # R@2 of a random ranking: 1 - C(4 - p, 2) / C(4, 2) -> p=1: 1 - 3/6, p=2: 1 - 1/6
+    assert out["chance@2"] == pytest.approx((3 * (1 - 3 / 6) + (1 - 1 / 6)) / 4)
+    assert out["topk"][0].tolist() == [0, 1] or out["topk"][0].tolist() == [0, 3]  # c1 and c3 tie at 1
+    assert out["topk"][1].tolist() == [2, 1]
+
+
+def test_chance_formula_against_combinations():
+    p = torch.tensor([1, 3, 7])
+    for k in (1, 2, 5, 20):
+        expected = sum(1 - comb(20 - int(x), k) / comb(20, k) for x in p) / 3
+        assert chance_recall(20, p, k) == pytest.approx(expected)
+    assert chance_recall(20, p, 50) == 1.0  # k beyond M: every candidate is in the top k
+
+
+def test_paired_rows_and_n_not_equal_m():
+    e = torch.nn.functional.normalize(torch.randn(30, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    out = retrieval_scores(e, e, chunk_size=7)
+    assert out["r@1"] == 1.0 and out["mean_rank"] == 1.0 and out["chance@1"] == pytest.approx(1 / 30)
+    # 10 images, 3 captions each (caption j describes image j // 3): text -> image and image -> text
+    img = e[:10]
+    txt = img.repeat_interleave(3, 0) + 0.01 * e[:30].roll(1, 1)
+    img_of_txt = torch.arange(30) // 3
+    t2i = retrieval_scores(txt, img, img_of_txt, torch.arange(10), ks=(1,), chunk_size=4)
+    i2t = retrieval_scores(img, txt, torch.arange(10), img_of_txt, ks=(1,), chunk_size=4)
+    assert t2i["r@1"] == 1.0 and t2i["n_queries"] == 30 and t2i["n_candidates"] == 10
+    assert i2t["r@1"] == 1.0 and i2t["mean_positives"] == 3 and i2t["chance@1"] == pytest.approx(3 / 30)
+    with pytest.raises(ValueError, match="N == M"):
+        retrieval_scores(img, txt)
+
+
+def test_a_query_without_positive_is_an_error():
+    with pytest.raises(ValueError, match="no positive"):
+        retrieval_scores(torch.eye(2), torch.eye(2), torch.tensor([0, 5]), torch.tensor([0, 1]))
+
+
+def test_recall_at_k_keeps_the_full_matrix_values():
+    q, c, g = integer_embeddings(25, 25, seed=3)
+    labels = torch.randint(0, 8, (25,), generator=g)
+    ranks = full_matrix_ranks(q, c, labels, labels)
+    for lab, r in ((labels, ranks), (None, full_matrix_ranks(q, c, torch.arange(25), torch.arange(25)))):
+        got = recall_at_k(q, c, (1, 3, 5), lab, chunk_size=6)
+        assert got == {k: float((r <= k).double().mean()) for k in (1, 3, 5)}
