@@ -7,8 +7,16 @@ Gaussian noise (norm 3.5x the signal), re-normalised, so R@k is neither 0 nor 1;
 and median rank, chance levels and the top-10 candidates per query, `chunk_size` 4096.
 
   chunked 100k    100,000 x 100,000 (the full matrix would be 40 GB of fp32)
-  chunked / full  at `--full-n` (20,000: the full matrix is 1.6 GB and its masks and masked copy bring
-                  the peak to ~4.5 GB), with the same R@k (asserted) and the ranks compared
+  chunked / full  at the largest N where the full matrix fits (`--full-n` overrides), with the same R@k
+                  (asserted) and the ranks compared
+
+How N of the full-matrix run is chosen: its peak is about N^2 x 14 bytes (measured: 14.1 bytes per score
+at N = 8,000 and 12,000), i.e. 3.5x the N^2 x 4 bytes of the fp32 matrix: the matrix (4), the identity
+positive mask (1), the `(sim >= best) & ~positive` mask (1) and the int64 copy its `.sum(1)` converts it to
+(8). N is the largest multiple of 1,000 whose peak fits in half of `psutil.virtual_memory().available`
+(the other half left to the rest of the machine), capped at `--max-full-n` (50,000: about 20 s for the full
+matrix and 10 s chunked on 2 CPUs, N^2-scaled from 1.2 s and 0.7 s measured at 12,000; the full matrix
+is then 10 GB and its peak 35 GB).
 
 How memory is measured: each measurement runs in a fresh Python process that builds its inputs, then
 resets the kernel's peak-RSS counter (writing 5 to /proc/self/clear_refs; where that is refused, the
@@ -19,7 +27,9 @@ the reset pages in torch's kernels, so their code pages do not count. Time is th
 
 Last line: `retrieval_peak_mb_100k: <peak extra MB of the chunked 100k run>` (target <= 1,024).
 
-    python benchmarks/bench_evaluate.py [--n 100000] [--full-n 20000] [--chunk-size 4096]
+    python benchmarks/bench_evaluate.py [--n 100000] [--full-n N] [--max-full-n 50000] [--chunk-size 4096]
+
+A quick check of the script itself: `--n 3000 --full-n 2000` (the last line then names the 3,000 run).
 """
 
 from __future__ import annotations
@@ -43,7 +53,8 @@ def rss_kb(field):
             return int(line.split()[1])
 
 def full_matrix(q, c, ks):
-    # the plain computation (pretraining's recall_at_k before chunking): the whole (N, N) matrix
+    # the baseline the chunked result is compared with: the plain computation on the whole (N, N) matrix,
+    # simple enough to be right by inspection, so equal R@k and ranks check the chunked bookkeeping
     sim = q @ c.t()  # (N, N)
     positive = torch.eye(sim.shape[0], dtype=torch.bool)
     best = sim.masked_fill(~positive, float("-inf")).max(1).values[:, None]
@@ -81,6 +92,23 @@ print(json.dumps({"seconds": seconds, "peak_extra_mb": (peak - before) / 1024, "
 """
 
 
+FULL_BYTES_PER_SCORE = 14  # peak of full_matrix per (query, candidate) score, measured (see the docstring)
+
+
+def choose_full_n(requested: int | None, cap: int) -> tuple[int, str]:
+    """N of the full-matrix comparison and a sentence saying how it was chosen."""
+    if requested is not None:
+        return requested, f"--full-n {requested:,} given"
+    import psutil
+
+    available = psutil.virtual_memory().available
+    fits = int((available / 2 / FULL_BYTES_PER_SCORE) ** 0.5) // 1000 * 1000
+    n = max(1000, min(fits, cap))
+    return n, (f"{available / 2**30:.1f} GiB available; half of it fits a full-matrix peak of N^2 x "
+               f"{FULL_BYTES_PER_SCORE} bytes up to N = {fits:,}; capped at --max-full-n {cap:,} -> N = {n:,} "
+               f"(peak ~{n * n * FULL_BYTES_PER_SCORE / 2**30:.1f} GiB)")
+
+
 def measure(mode: str, n: int, chunk: int, rank_path: str) -> dict:
     """One measurement in a fresh interpreter (so earlier runs' peaks and caches do not count)."""
     out = subprocess.run([sys.executable, "-c", WORKER, mode, str(n), str(chunk), rank_path],
@@ -112,12 +140,16 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=100_000)
-    parser.add_argument("--full-n", type=int, default=20_000)
+    parser.add_argument("--full-n", type=int, default=None,
+                        help="N of the full-matrix comparison (default: the largest that fits, see the docstring)")
+    parser.add_argument("--max-full-n", type=int, default=50_000)
     parser.add_argument("--chunk-size", type=int, default=4096)
     args = parser.parse_args()
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs "
           f"(affinity {len(os.sched_getaffinity(0))}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+    args.full_n, how_n = choose_full_n(args.full_n, args.max_full_n)
+    print(f"full-matrix N: {how_n}")
     with tempfile.TemporaryDirectory() as tmp:
         chunked_small = measure("chunked", args.full_n, args.chunk_size, f"{tmp}/chunked.pt")
         full_small = measure("full", args.full_n, args.chunk_size, f"{tmp}/full.pt")

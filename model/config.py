@@ -38,12 +38,16 @@ class VisionConfig:
         in_chans: input channels.
         stem: ``"conv"`` (one strided conv, BEiT-3) or ``"hmlp"`` (ONE-PEACE hierarchical MLP stem,
             patch/4 -> 2 -> 2; needs ``patch_size`` divisible by 4).
+        abstractor_queries: K > 0 puts mPLUG-Owl2's visual abstractor after the patch embedding: K learned
+            queries cross-attend to the N patch tokens, and the sequence holds CLS + K image tokens instead
+            of CLS + N (no per-patch outputs then: masked image modeling is off). 0: no abstractor.
     """
 
     img_size: int = 224
     patch_size: int = 16
     in_chans: int = 3
     stem: str = "conv"
+    abstractor_queries: int = 0
 
     @property
     def grid(self) -> int:

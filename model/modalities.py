@@ -152,12 +152,17 @@ class VisionAdapter(ModalityAdapter):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         # rows: `offset` unused (fairseq), CLS, then the patch grid row-major
         self.pos_embed = nn.Parameter(torch.zeros(self.offset + 1 + v.num_patches, dim))
+        if v.abstractor_queries:
+            self.abstractor = VisualAbstractor(dim, config.heads, v.abstractor_queries, config.norm_eps)
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> AdapterOutput:
         pixels = inputs["pixels"]  # (B, 3, H, W)
         x = self.stem(pixels).flatten(2).transpose(1, 2)  # (B, N, C)
         B, N, _ = x.shape
         mask = inputs.get("pixel_mask")
+        if mask is not None and hasattr(self, "abstractor"):
+            raise ValueError("the visual abstractor has no per-patch outputs: pixel_mask (masked image "
+                             "modeling) cannot be used with vision.abstractor_queries")
         if mask is not None:
             w = mask.unsqueeze(-1).to(x.dtype)  # (B, N, 1)
             x = x * (1 - w) + self.mask_token.to(x.dtype) * w
@@ -167,7 +172,37 @@ class VisionAdapter(ModalityAdapter):
         if grid != self.grid:
             # another resolution than the config's: resize the table on the fly
             pos = interpolate_positions(pos, self.grid, grid, self.offset + 1)
-        return AdapterOutput(x + pos[self.offset : self.offset + 1 + N])
+        x = x + pos[self.offset : self.offset + 1 + N]  # (B, 1 + N, C)
+        if hasattr(self, "abstractor"):
+            x = torch.cat([x[:, :1], self.abstractor(x[:, 1:])], dim=1)  # (B, 1 + K, C)
+        return AdapterOutput(x)
+
+
+class VisualAbstractor(nn.Module):
+    """mPLUG-Owl2's visual abstractor, one block: K learned queries cross-attend to the N patch tokens
+    (pre-norm attention, then a GELU MLP, both residual on the queries), so the sequence holds K image
+    tokens instead of N.
+
+    Args:
+        dim: model width.
+        heads: attention heads.
+        queries: K.
+        eps: LayerNorm epsilon.
+    """
+
+    def __init__(self, dim: int, heads: int, queries: int, eps: float = 1e-5):
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(1, queries, dim) * 0.02)  # (1, K, C), learned: their own positions
+        self.norm_q, self.norm_kv, self.norm_mlp = (nn.LayerNorm(dim, eps=eps) for _ in range(3))
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        """patches (B, N, C) with positions -> (B, K, C)."""
+        q = self.queries.expand(patches.shape[0], -1, -1).to(patches.dtype)  # (B, K, C)
+        kv = self.norm_kv(patches)
+        q = q + self.attn(self.norm_q(q), kv, kv, need_weights=False)[0]
+        return q + self.mlp(self.norm_mlp(q))
 
 
 class TextAdapter(ModalityAdapter):

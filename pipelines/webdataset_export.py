@@ -214,16 +214,12 @@ def _shards_writer(manifest: Manifest):
 
 
 def _png(pixels: bytes, resolution, sample_id: str) -> bytes:
-    import numpy as np
-    from PIL import Image
+    from pipelines.data.image import pixels_png
 
     if not resolution or len(pixels) != 3 * resolution * resolution:
         raise ExportError(f"sample {sample_id!r}: {len(pixels)} pixel bytes do not make 3×{resolution}×"
                           f"{resolution} (the manifest's image_resolution)")
-    chw = np.frombuffer(pixels, dtype=np.uint8).reshape(3, resolution, resolution)
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(chw.transpose(1, 2, 0)), "RGB").save(buf, format="PNG")
-    return buf.getvalue()
+    return pixels_png(pixels, resolution)
 
 
 def _text_tokenizer(manifest: Manifest):

@@ -1,4 +1,6 @@
-"""omniway.tasks: what is learned and measured (imports model, torch, numpy only).
+"""omniway.tasks: what is learned and measured. Imports model, torch and numpy; the metrics also use
+scikit-learn (linear_probe, zero_shot), jiwer and pycocoevalcap (text_metrics), each imported lazily inside
+the function that needs it, so importing a module does not import them.
 
 Public API::
 
@@ -19,7 +21,8 @@ Modules:
     batching    BatchSpec, Collator (shard rows -> tensors, masks from an explicit generator)
     pretrain    PretrainModel (backbone + heads, routes each group to its objectives)
     metrics     recall_at_k, retrieval_metrics (pretraining validation, on tasks.retrieval's ranks)
-    retrieval   retrieval_scores, best_positive_ranks (chunked exact ranks: R@k, mean / median rank, chance)
+    retrieval   retrieval_scores, best_positive_ranks (chunked exact ranks: R@k, mean / median rank, chance);
+                pair_retrieval_scores (the same for positives given as index lists: tasks.retrieval only)
     zero_shot   build_zero_shot_classifier, zero_shot_logits, classification_metrics, mean_per_class_recall
     linear_probe  linear_probe (scikit-learn logistic regression on frozen features)
     text_metrics  captioning_scores, captioning_baseline, vqa_accuracy, most_frequent_answer, asr_scores,

@@ -8,7 +8,7 @@ this module reproduces the Java tokenizer's output on caption-like text by hand:
 trailing punctuation and the clitics PTB splits ("don't" -> "do n't", "dog's" -> "dog 's"), brackets
 as ``-lrb-`` ... tokens (the Java output is lowercased after escaping, so pycocoevalcap's ``-LRB-`` in
 its removal list never matches and they stay), then drop the same punctuation tokens. The equality with
-the Java tokenizer is tested on sample captions where Java is installed (tests/tasks/test_text_metrics.py).
+the Java tokenizer is tested on sample captions where Java is installed (tests/tasks/test_caption_tokenizer.py).
 
 Known differences, all rare in captions: "y'all" and "rock'n'roll" (PTB splits them), "a,1" (PTB: "a ,1"),
 and abbreviations outside ``_ABBREVIATIONS`` ending a word with a period (PTB keeps some more whole).

@@ -24,7 +24,8 @@ from .recipes import GROUPS
 
 _INPUT_KEYS = {"text": ("text_ids", "text_padding_mask"), "image": ("pixels",), "audio": ("fbank", "fbank_frames")}
 # what trains, by name: `all`; `language` (mPLUG-Owl2 freezes its vision encoder: here the vision and audio
-# adapters and every vision / audio expert stay as pretrained); `text` (only text experts and the head)
+# adapters and every vision / audio expert stay as pretrained, except the visual abstractor, which mPLUG-Owl2
+# trains with the language model); `text` (only text experts and the head)
 TRAINABLE = ("all", "language", "text")
 
 
@@ -34,6 +35,8 @@ def trains(name: str, trainable: str) -> bool:
     if trainable == "all":
         return True
     if trainable == "language":
+        if name.startswith("backbone.adapters.vision.abstractor."):
+            return True
         return not (name.startswith(("backbone.adapters.vision.", "backbone.adapters.audio."))
                     or "vision" in parts[2:] or "audio" in parts[2:])
     if trainable == "text":

@@ -85,6 +85,8 @@ def _check_compatible(config: ModelConfig) -> None:
         problems.append("layer_scale / relative position bias (BEiT-3 has neither)")
     if config.vision.stem != "conv":
         problems.append(f"vision.stem={config.vision.stem!r} (needs 'conv')")
+    if config.vision.abstractor_queries:
+        problems.append("vision.abstractor_queries (BEiT-3 has no visual abstractor)")
     if config.position_offset != 2:
         problems.append(f"position_offset={config.position_offset} (torchscale uses 2)")
     if "vision" not in config.modalities or "text" not in config.modalities:

@@ -104,3 +104,14 @@ def image_pixels(data: bytes, resolution: int) -> np.ndarray:
     box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)  # centre square
     img = img.resize((resolution, resolution), Image.BICUBIC, box=box, reducing_gap=3.0)
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()  # (H, W, 3) -> (3, H, W)
+
+
+def pixels_png(pixels: bytes, resolution: int, max_side: int = 0) -> bytes:
+    """Stored pixels (uint8 3×R×R, row-major) -> PNG bytes, shrunk to ``max_side`` px when larger (0: as is)."""
+    chw = np.frombuffer(pixels, dtype=np.uint8).reshape(3, resolution, resolution)
+    img = Image.fromarray(np.ascontiguousarray(chw.transpose(1, 2, 0)), "RGB")
+    if max_side and resolution > max_side:
+        img = img.resize((max_side, max_side), Image.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()

@@ -61,3 +61,18 @@ def task_pool(ray, workers: int, units: int):
         # would ask the autoscaler for a CPU. One extra per worker bounds that.
         return ray.data.TaskPoolStrategy(size=min(units, 2 * workers))
     return ray.data.TaskPoolStrategy(size=workers)
+
+
+def actor_pool_fit(ray, workers: int, cpus_per_worker: float) -> tuple[int, float]:
+    """(actors, CPUs each) of an actor pool that leaves the read tasks feeding it a CPU.
+
+    An actor holds its CPUs for the whole dataset; the read tasks upstream need one each, so actors
+    taking every CPU of a cluster that cannot grow (the embedded Ray, FIXED_SIZE_ENV) wait forever for
+    input. There the pool is cut to what leaves one CPU free; elsewhere (a cluster may autoscale) it is
+    taken as asked.
+    """
+    total = float(ray.cluster_resources().get("CPU", 0))
+    if os.environ.get(FIXED_SIZE_ENV) != "1" or total < 2:
+        return max(1, workers), cpus_per_worker
+    cpus = min(cpus_per_worker, total - 1)
+    return max(1, min(workers, int((total - 1) // max(cpus, 1e-9)))), cpus

@@ -9,8 +9,6 @@ so the driver's memory grows with the number of items, never with their media.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 
 from pipelines.data import schema
@@ -97,39 +95,26 @@ def media_of(manifest, split: str, ids: list[str], columns: list[str]) -> dict[s
 
 def thumbnail_png(pixels: bytes | None, resolution: int, size: int = 96) -> bytes | None:
     """Stored pixels (uint8 3×R×R) -> a PNG of at most ``size`` px for the report."""
-    if pixels is None:
-        return None
-    from PIL import Image
+    from pipelines.data.image import pixels_png
 
-    arr = np.frombuffer(pixels, dtype=np.uint8).reshape(3, resolution, resolution).transpose(1, 2, 0)
-    img = Image.fromarray(np.ascontiguousarray(arr))
-    if resolution > size:
-        img = img.resize((size, size), Image.BILINEAR)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+    return None if pixels is None else pixels_png(pixels, resolution, size)
 
 
-def content_groups(rows: list[dict], keys) -> list[int]:
-    """Per row, a group id equal for rows sharing any of their ``keys(row)`` values (a caption, a media
-    hash): the positives of retrieval, so that several captions of one image, and one caption of several
-    images, all count (CLIP_benchmark's semantics). Union-find over the key values."""
-    parent = list(range(len(rows)))
+def media_digests(manifest, split: str, ids: list[str]) -> dict[str, str]:
+    """sample id -> sha1 of its media (pixels, then fbank; "" without media), computed by Ray tasks: equal
+    media, equal digest (one image asked several questions, or given several captions, is one item)."""
+    import hashlib
 
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
+    def digest(batch):
+        out = []
+        for px, fb in zip(batch["pixels"] if "pixels" in batch else [None] * len(batch["sample_id"]),
+                          batch["fbank"] if "fbank" in batch else [None] * len(batch["sample_id"])):
+            h = hashlib.sha1()
+            for part in (px, fb):
+                if part is not None:
+                    h.update(part if isinstance(part, bytes) else np.asarray(part).tobytes())
+            out.append(h.hexdigest() if px is not None or fb is not None else "")
+        return {"sample_id": batch["sample_id"], "digest": np.asarray(out, dtype=object)}
 
-    first: dict = {}
-    for i, r in enumerate(rows):
-        for k in keys(r):
-            if k is None:
-                continue
-            j = first.setdefault(k, i)
-            a, b = find(i), find(j)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-    roots: dict[int, int] = {}
-    return [roots.setdefault(find(i), len(roots)) for i in range(len(rows))]
+    ds = read_rows(manifest, split, ids, ["pixels", "fbank"]).map_batches(digest, batch_format="numpy")
+    return {str(r["sample_id"]): str(r["digest"]) for r in ds.iter_rows()}

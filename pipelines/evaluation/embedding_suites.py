@@ -10,16 +10,15 @@ from __future__ import annotations
 import numpy as np
 
 from pipelines.evaluation import data as rows_of
-from pipelines.evaluation.workers import embeddings
+from pipelines.evaluation.workers import MEDIA_COLUMNS, embeddings
 
 DEFAULT_PAIRS = (("image", "text"), ("audio", "text"), ("image", "audio"))
-_MEDIA_COLUMNS = {"text": ["text_ids"], "image": ["pixels"], "audio": ["fbank", "fbank_frames"]}
 
 
 def _embed(run, rows: list[dict], modalities, split: str | None = None):
     """(vectors, digests) of ``rows`` of the suite's data (see ``workers.embeddings``)."""
     m = run.data
-    cols = ["modalities"] + [c for mod in modalities for c in _MEDIA_COLUMNS[mod]]
+    cols = ["modalities"] + [c for mod in modalities for c in MEDIA_COLUMNS[mod]]
     ds = rows_of.read_rows(m, split or run.suite.split, [r["sample_id"] for r in rows], cols)
     return embeddings(ds, run.model_source(), resolution=int(m.extra.get("image_resolution", 224)),
                       ids=m.extra["tokenizers"]["text"]["ids"], modalities=list(modalities), **run.actor_options())
@@ -33,10 +32,44 @@ def _thumbs(run, ids: list[str], split: str | None = None) -> dict[str, bytes | 
 
 
 # -- retrieval ---------------------------------------------------------------------------------------------
+def pair_items(rows: list[dict], a: str, b: str, key) -> tuple[list[int], list[int], list[list[int]]]:
+    """The items of each side of an (a, b) retrieval and which pairs are positives.
+
+    Rows are (a, b) pairs; ``key(row, m)`` is the content of the row's modality ``m`` (a caption's ids, a
+    media digest). Equal content is one item (an image with five captions is one image query; a caption
+    written under many images is one text candidate), and an a-item and a b-item are positives when some
+    row pairs them; nothing else is merged (two images that share a caption stay two items).
+
+    Returns:
+        (row index of each a-item, row index of each b-item, per a-item the sorted b-items it pairs with).
+    """
+    index = {a: {}, b: {}}
+    first = {a: [], b: []}
+    pairs: dict[int, set[int]] = {}
+    for i, r in enumerate(rows):
+        ids = []
+        for m in (a, b):
+            k = key(r, m)
+            if k not in index[m]:
+                index[m][k] = len(first[m])
+                first[m].append(i)
+            ids.append(index[m][k])
+        pairs.setdefault(ids[0], set()).add(ids[1])
+    return first[a], first[b], [sorted(pairs[q]) for q in range(len(first[a]))]
+
+
+def _transpose(positives: list[list[int]], m: int) -> list[list[int]]:
+    out: list[list[int]] = [[] for _ in range(m)]
+    for q, cs in enumerate(positives):
+        for c in cs:
+            out[c].append(q)
+    return out
+
+
 def retrieval(run) -> dict:
     import torch
 
-    from tasks.retrieval import retrieval_scores
+    from tasks.retrieval import pair_retrieval_scores
 
     s = run.suite
     meta = rows_of.read_meta(run.data, s.split)
@@ -50,39 +83,39 @@ def retrieval(run) -> dict:
     mods = sorted({m for p in pairs for m in p})
     vectors, digests = _embed(run, rows, mods)
     sp = run.text_tokenizer() if "text" in mods else None
+
+    def key(r, m):
+        return tuple(r["text_ids"] or ()) if m == "text" else digests[r["sample_id"]][m]
+
     metrics, baselines, examples, counts = {}, {}, [], {}
     k_top = max(5, max(s.ks))
     for a, b in pairs:
         pr = [r for r in rows if a in vectors.get(r["sample_id"], {}) and b in vectors.get(r["sample_id"], {})]
-        if len(pr) < 2:
-            raise ValueError(f"{run.where}: fewer than two {a}-{b} rows to retrieve among")
-        counts[f"{a}_{b}"] = len(pr)
-
-        def keys(r):  # one item: equal captions, or identical media, share their positives
-            return [(m, digests[r["sample_id"]][m]) if m != "text" else ("text", tuple(r["text_ids"] or ()))
-                    for m in (a, b)]
-
-        groups = torch.tensor(rows_of.content_groups(pr, keys))
-        emb = {m: torch.from_numpy(np.stack([vectors[r["sample_id"]][m] for r in pr])) for m in (a, b)}
-        for q, c in ((a, b), (b, a)):
-            out = retrieval_scores(emb[q], emb[c], groups, groups, ks=tuple(s.ks), return_topk=k_top)
+        first_a, first_b, pos = pair_items(pr, a, b, key)
+        if len(first_a) < 2 or len(first_b) < 2:
+            raise ValueError(f"{run.where}: fewer than two distinct {a} and {b} items to retrieve among")
+        counts[f"{a}_{b}"] = {a: len(first_a), b: len(first_b), "pairs": len(pr)}
+        emb = {m: torch.from_numpy(np.stack([vectors[pr[i]["sample_id"]][m] for i in first]))
+               for m, first in ((a, first_a), (b, first_b))}
+        items = {a: [pr[i] for i in first_a], b: [pr[i] for i in first_b]}
+        for q, c, positives in ((a, b, pos), (b, a, _transpose(pos, len(first_b)))):
+            out = pair_retrieval_scores(emb[q], emb[c], positives, ks=tuple(s.ks), return_topk=k_top)
             name = f"{q}_to_{c}"
             for k in s.ks:
                 metrics[f"{name}/r@{k}"], baselines[f"{name}/r@{k}"] = out[f"r@{k}"], out[f"chance@{k}"]
             metrics[f"{name}/mean_rank"], metrics[f"{name}/median_rank"] = out["mean_rank"], out["median_rank"]
-            # a random ranking's expected rank of the best of p positives among M: (M + 1) / (p + 1)
-            M, p = out["n_candidates"], out["mean_positives"]
-            baselines[f"{name}/mean_rank"] = baselines[f"{name}/median_rank"] = (M + 1) / (p + 1)
-            examples += _examples(run, pr, q, c, out["topk"], groups, sp, s.examples // (2 * len(pairs)) or 1)
+            baselines[f"{name}/mean_rank"] = out["mean_rank_chance"]
+            examples += _examples(run, items[q], items[c], q, c, out["topk"], positives, sp,
+                                  s.examples // (2 * len(pairs)) or 1)
         metrics[f"{a}_{b}/mean_r@1"] = (metrics[f"{a}_to_{b}/r@1"] + metrics[f"{b}_to_{a}/r@1"]) / 2
         baselines[f"{a}_{b}/mean_r@1"] = (baselines[f"{a}_to_{b}/r@1"] + baselines[f"{b}_to_{a}/r@1"]) / 2
     lower = [k for k in metrics if k.endswith("_rank")]
     headline = f"{pairs[0][0]}_{pairs[0][1]}/mean_r@1"
     return run.result(len(rows), metrics, baselines, "chance", headline, lower_is_better=lower,
-                      details={"retrieval_examples": examples}, extra_data={"pairs": counts})
+                      details={"retrieval_examples": examples}, extra_data={"items": counts})
 
 
-def _item(run, r: dict, m: str, sp, thumbs: dict) -> dict:
+def _item(r: dict, m: str, sp, thumbs: dict) -> dict:
     if m == "text":
         return {"text": sp.decode([int(t) for t in r["text_ids"]]) if sp else str(r["text_ids"])}
     if m == "image":
@@ -90,16 +123,16 @@ def _item(run, r: dict, m: str, sp, thumbs: dict) -> dict:
     return {"audio": r["sample_id"]}
 
 
-def _examples(run, rows, q: str, c: str, topk, groups, sp, n: int) -> list[dict]:
+def _examples(run, queries, candidates, q: str, c: str, topk, positives, sp, n: int) -> list[dict]:
     """The first ``n`` queries with their top 5 candidates, positives marked."""
-    picks = list(range(min(n, len(rows))))
-    need = {rows[i]["sample_id"] for i in picks} | {rows[int(j)]["sample_id"] for i in picks for j in topk[i, :5]}
+    picks = list(range(min(n, len(queries))))
+    need = {queries[i]["sample_id"] for i in picks} | {candidates[int(j)]["sample_id"]
+                                                       for i in picks for j in topk[i, :5]}
     thumbs = _thumbs(run, sorted(need)) if "image" in (q, c) else {}
     out = []
     for i in picks:
-        hits = [dict(_item(run, rows[int(j)], c, sp, thumbs), positive=bool(groups[int(j)] == groups[i]))
-                for j in topk[i, :5]]
-        out.append({"direction": f"{q}_to_{c}", "query": _item(run, rows[i], q, sp, thumbs), "hits": hits})
+        hits = [dict(_item(candidates[int(j)], c, sp, thumbs), positive=int(j) in positives[i]) for j in topk[i, :5]]
+        out.append({"direction": f"{q}_to_{c}", "query": _item(queries[i], q, sp, thumbs), "hits": hits})
     return out
 
 
@@ -123,6 +156,10 @@ def _labelled(run, split: str) -> list[dict]:
     if not rows:
         raise ValueError(f"{run.where}: no labelled {s.modality} rows in {run.data.stage!r} {split} "
                          f"(sources {s.sources or 'all'})")
+    sources = sorted({rows_of.origin_source(r) for r in rows})
+    if len(sources) > 1:  # each source numbers its own labels
+        raise ValueError(f"{run.where}: labelled rows of several sources ({', '.join(sources)}) have label spaces of "
+                         "their own: give `sources: [ONE]`")
     return rows
 
 
@@ -179,8 +216,6 @@ def linear_probe(run) -> dict:
     s = run.suite
     fit = _labelled(run, "train")
     test = _labelled(run, s.split)
-    if s.split == "train":
-        raise ValueError(f"{run.where}: split: a linear probe fits on train; score it on val")
     vec_fit, _ = _embed(run, fit, [s.modality], "train")
     vec_test, _ = _embed(run, test, [s.modality])
     X = np.stack([vec_fit[r["sample_id"]][s.modality] for r in fit])

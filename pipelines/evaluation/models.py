@@ -69,12 +69,19 @@ class EmbeddingModel:
 
         self.contrast = None
         if source["kind"] == "checkpoint":
-            from model.interop.beit3 import load_beit3
+            from model.interop.beit3 import beit3_config, load_beit3, unwrap
 
-            config = model_config(source)
-            self.backbone = config.build()
-            load_beit3(self.backbone, torch.load(source["path"], map_location="cpu", weights_only=True),
-                       ignore_extra=True, keep_other_modalities=True)
+            checkpoint = torch.load(source["path"], map_location="cpu", weights_only=True)
+            self.backbone = beit3_config(checkpoint, heads=source.get("heads") or None).build()
+            load_beit3(self.backbone, checkpoint, ignore_extra=True, keep_other_modalities=True)
+            # unilm's retrieval checkpoints (BEiT3ForRetrieval) hold the projections their scores use
+            _, others = unwrap(checkpoint)
+            if "vision_head.weight" in others and "language_head.weight" in others:
+                E = others["vision_head.weight"].shape[0]
+                self.contrast = CrossModalContrast(self.backbone.config.dim, E, ("vision", "text"))
+                self.contrast.head.proj["vision"].weight.data.copy_(others["vision_head.weight"])
+                self.contrast.head.proj["text"].weight.data.copy_(others["language_head.weight"])
+                self.contrast.eval()
         else:
             m = source["manifest"]
             names = [MODEL_FILE] + ([HEADS_FILE] if m.kind == "pretrain" else [])

@@ -84,11 +84,32 @@ class SuiteRun:
                 "settings": to_dict(self.suite), "details": details or {}}
 
 
+    def check_model(self) -> None:
+        """The data and the model speak the same tokens: the same text tokenizer (by sha256) for a model
+        stage, the same vocabulary size for a checkpoint."""
+        source = self.model_source()
+        used = ((self.data.extra.get("tokenizers") or {}).get("text") or {})
+        if source["kind"] == "checkpoint":
+            from pipelines.evaluation.models import model_config
+
+            vocab = model_config(source).text.vocab_size
+            if self.suite.task != "linear_probe" and used.get("vocab_size") not in (None, vocab):
+                raise SuiteError(f"{self.where}: {self.data.stage!r} was tokenized into {used['vocab_size']} pieces, "
+                                 f"the checkpoint's text embedding has {vocab}: tokenize the data with the "
+                                 "checkpoint's own sentencepiece model (text-tokenizer's model_path)")
+            return
+        trained = (source["manifest"].extra.get("text_tokenizer") or {}).get("sha256")
+        if trained and used.get("sha256") and trained != used["sha256"]:
+            raise SuiteError(f"{self.where}: {self.data.stage!r} and the model of {source['manifest'].stage!r} used "
+                             "different text tokenizers (sha256 differ): tokenize the data with the model's")
+
+
 def run_suite(ctx, suite) -> dict:
     """Score one suite (see the module docs)."""
     from pipelines.evaluation import embedding_suites, generation_suites
 
     run = SuiteRun(ctx, suite)
+    run.check_model()
     fn = {"retrieval": embedding_suites.retrieval, "zero_shot_classification": embedding_suites.zero_shot,
           "linear_probe": embedding_suites.linear_probe, "captioning": generation_suites.captioning,
           "vqa": generation_suites.vqa, "asr": generation_suites.asr}[suite.task]

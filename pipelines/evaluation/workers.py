@@ -12,7 +12,8 @@ import numpy as np
 
 from tasks.recipes import GROUPS, group_of
 
-_COLUMNS = {"text": ("text_ids",), "image": ("pixels",), "audio": ("fbank", "fbank_frames")}
+# the stored columns of each modality (the shards and instructions schemas)
+MEDIA_COLUMNS = {"text": ("text_ids",), "image": ("pixels",), "audio": ("fbank", "fbank_frames")}
 
 
 def _device(num_gpus: float) -> str:
@@ -63,10 +64,10 @@ class EmbedWorker:
             emb = np.zeros((n, self.model.embed_dim), dtype=np.float32)  # (B, E); zeros where a row lacks m
             digest = np.full(n, "", dtype=object)
             if rows:
-                t = self.collator.collate(m, {c: [batch[c][i] for i in rows] for c in _COLUMNS[m]})
+                t = self.collator.collate(m, {c: [batch[c][i] for i in rows] for c in MEDIA_COLUMNS[m]})
                 emb[rows] = self.model.embed(_to(t, self.device), m).cpu().numpy()
                 # equal content, equal digest: retrieval counts identical media as one item
-                raw = batch[_COLUMNS[m][0]]
+                raw = batch[MEDIA_COLUMNS[m][0]]
                 for i in rows:
                     data = raw[i] if isinstance(raw[i], bytes) else np.asarray(raw[i]).tobytes()
                     digest[i] = hashlib.sha1(data).hexdigest()
@@ -76,60 +77,80 @@ class EmbedWorker:
 
 
 class GenerateWorker:
-    """Answers of an instruct model to each instruction row's prompt (its ids before the first answer token).
+    """Answers of an instruct model to each instruction row's prompt: its ids before its last answer (the
+    whole conversation before the turn the reference answers).
 
     Args:
         source: the model source (an `instruct` stage).
         decoding: keyword arguments of ``model.generation.generate`` (max_new_tokens, num_beams, ...).
+        resolution: R of the rows' stored pixels.
+        ids: the text tokenizer's special ids of the rows.
         threads / num_gpus: as ``EmbedWorker``'s.
     """
 
-    def __init__(self, source: dict, decoding: dict, threads: int = 1, num_gpus: float = 0):
+    def __init__(self, source: dict, decoding: dict, resolution: int, ids: dict, threads: int = 1,
+                 num_gpus: float = 0):
         import tempfile
 
         import torch
 
         from pipelines.evaluation.models import load_assistant
-        from tasks import Collator, get_recipe
+        from tasks import BatchSpec, Collator, get_recipe
 
         torch.set_num_threads(max(1, int(threads)))
         self._dir = tempfile.TemporaryDirectory(prefix="omniway-eval-")
         self.bot = load_assistant(source, self._dir.name)
         self.device = _device(num_gpus)
         self.bot.model.to(self.device)
-        self.collator = Collator(self.bot.batch_spec(), get_recipe("omni"))
+        spec = BatchSpec.for_model(self.bot.model.backbone.config, resolution, ids)
+        self.collator = Collator(spec, get_recipe("omni"))
         self.decoding = dict(decoding)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
         n = len(batch["sample_id"])
         answers: list[str] = [""] * n
         by_group: dict[str, list[int]] = {}
         for i, mods in enumerate(batch["modalities"]):
             by_group.setdefault(group_of(mods), []).append(i)
         for group, rows in by_group.items():
-            cols = {c: [batch[c][i] for i in rows] for m in GROUPS[group] for c in _COLUMNS[m]}
-            # the prompt: the ids before the first answer token (bos + media placeholders + user turn)
-            cols["text_ids"] = [np.asarray(batch["text_ids"][i])[:int(batch["causal_start"][i])] for i in rows]
+            cols = {c: [batch[c][i] for i in rows] for m in GROUPS[group] for c in MEDIA_COLUMNS[m]}
+            cols["text_ids"] = [np.asarray(batch["text_ids"][i])[:last_answer_start(batch["loss_mask"][i])]
+                                for i in rows]
             t = _to(self.collator.collate(group, cols), self.device)
-            for i, text in zip(rows, self.bot.generate(t, **self.decoding)):
-                answers[i] = text
+            with torch.inference_mode():
+                for i, text in zip(rows, self.bot.generate(t, **self.decoding)):
+                    answers[i] = text
         return {"sample_id": batch["sample_id"], "prediction": np.asarray(answers, dtype=object)}
+
+
+def last_answer_start(loss_mask) -> int:
+    """Index of the first token of the last answer (the last run of True in a row's loss mask): the prompt
+    of the turn the row's reference answers is everything before it (one turn: the `causal_start`)."""
+    mask = np.asarray(loss_mask, dtype=bool)
+    starts = np.flatnonzero(mask & ~np.concatenate([[False], mask[:-1]]))
+    if not len(starts):
+        raise ValueError("an instruction row without an answer token")
+    return int(starts[-1])
 
 
 def _map(ds, worker, kwargs: dict, *, batch_size: int, num_workers: int, cpus: float, num_gpus: float):
     import ray
 
+    from pipelines.data.raycompat import actor_pool_fit
+
+    size, cpus = actor_pool_fit(ray, num_workers, cpus)
+    kwargs = {**kwargs, "threads": cpus}
     return ds.map_batches(worker, fn_constructor_kwargs=kwargs, batch_size=batch_size, batch_format="numpy",
-                          compute=ray.data.ActorPoolStrategy(size=max(1, num_workers)), num_cpus=cpus,
-                          num_gpus=num_gpus or None)
+                          compute=ray.data.ActorPoolStrategy(size=size), num_cpus=cpus, num_gpus=num_gpus or None)
 
 
 def embeddings(ds, source: dict, *, resolution: int, ids: dict, modalities: list[str], batch_size: int,
                num_workers: int, cpus: float, num_gpus: float) -> tuple[dict, dict]:
     """Run ``EmbedWorker`` over ``ds`` (rows may lack some of ``modalities``). Returns (vectors, digests):
     sample id -> modality -> (E,) float32 unit vector, and sample id -> modality -> sha1 of its content."""
-    kwargs = dict(source=source, resolution=resolution, ids=ids, modalities=modalities, threads=cpus,
-                  num_gpus=num_gpus)
+    kwargs = dict(source=source, resolution=resolution, ids=ids, modalities=modalities, num_gpus=num_gpus)
     vectors: dict[str, dict[str, np.ndarray]] = {}
     digests: dict[str, dict[str, str]] = {}
     for b in _map(ds, EmbedWorker, kwargs, batch_size=batch_size, num_workers=num_workers, cpus=cpus,
@@ -142,10 +163,10 @@ def embeddings(ds, source: dict, *, resolution: int, ids: dict, modalities: list
     return vectors, digests
 
 
-def generations(ds, source: dict, *, decoding: dict, batch_size: int, num_workers: int, cpus: float,
-                num_gpus: float) -> dict[str, str]:
+def generations(ds, source: dict, *, decoding: dict, resolution: int, ids: dict, batch_size: int, num_workers: int,
+                cpus: float, num_gpus: float) -> dict[str, str]:
     """Run ``GenerateWorker`` over ``ds``; sample id -> answer."""
-    kwargs = dict(source=source, decoding=decoding, threads=cpus, num_gpus=num_gpus)
+    kwargs = dict(source=source, decoding=decoding, resolution=resolution, ids=ids, num_gpus=num_gpus)
     out: dict[str, str] = {}
     for b in _map(ds, GenerateWorker, kwargs, batch_size=batch_size, num_workers=num_workers, cpus=cpus,
                   num_gpus=num_gpus).iter_batches(batch_format="numpy", batch_size=None):

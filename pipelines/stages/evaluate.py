@@ -81,10 +81,13 @@ class CheckpointConfig:
     Args:
         path: a torchscale / unilm BEiT-3 `.pth` file (`{"model": {...}}`, read through `model.interop.beit3`).
         heads: attention heads (they cannot be read from the weights); 0: width / 64, as in every BEiT-3.
+        fingerprint: filled in when the pipeline loads (the file's size and modification time), so a
+            replaced file changes the stage's cache key; leave it unset.
     """
 
     path: str = ""
     heads: int = 0
+    fingerprint: str = ""
 
 
 @dataclass
@@ -126,6 +129,15 @@ def resolve(cfg: EvaluateConfig, inputs: dict, where: str) -> tuple[EvaluateConf
     if cfg.checkpoint.path and "pretrain" in kinds:
         raise ConfigError(f"{where}: with.checkpoint.path: and a `pretrain` input: the embedding suites would "
                           "have two models; drop one")
+    if cfg.checkpoint.path:
+        import os
+
+        path = os.path.abspath(os.path.expanduser(cfg.checkpoint.path))
+        if not os.path.isfile(path):
+            raise ConfigError(f"{where}: with.checkpoint.path: {cfg.checkpoint.path!r} is not a file")
+        st = os.stat(path)
+        cfg = dataclasses.replace(cfg, checkpoint=dataclasses.replace(
+            cfg.checkpoint, path=path, fingerprint=f"{st.st_size}-{st.st_mtime_ns}"))
     names = [s.name for s in cfg.suites]
     suites = []
     for i, s in enumerate(cfg.suites):
@@ -156,6 +168,8 @@ def resolve(cfg: EvaluateConfig, inputs: dict, where: str) -> tuple[EvaluateConf
                 if len(named) != 1:
                     raise ConfigError(f"{where}: {key}.classes: unset, and the corpus names the labels of "
                                       f"{sorted(tables) or 'no source'}: give `sources: [ONE]` or `classes`")
+        if s.task == "linear_probe" and s.split == "train":
+            raise ConfigError(f"{where}: {key}.split: a linear probe fits on train; score it on val")
         for pair in s.pairs:
             if len(pair) != 2 or not set(pair) <= {"text", "image", "audio"} or pair[0] == pair[1]:
                 raise ConfigError(f"{where}: {key}.pairs: {pair!r} is not two of text, image, audio")

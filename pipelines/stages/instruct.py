@@ -4,7 +4,7 @@ The second stage of mPLUG-Owl2's recipe on omniway's multiway model: the pretrai
 (`tasks.instruct.InstructModel`), next-token loss on the answer tokens only, the prefix-LM mask; through the
 one training loop (`pipelines.train`, ZeRO 0-3, resume, restarts, MLflow). Output: `model.safetensors`
 (backbone), `lm_head.safetensors`, `instruct.json`, `val_samples.jsonl` (greedy answers beside their
-references at the last validation), `loss_curve.png`.
+references at the last validation; each validation also logs them to MLflow as a table with the media), `loss_curve.png`.
 """
 
 from __future__ import annotations
@@ -24,11 +24,15 @@ class InstructConfig:
     Args:
         trainable: what trains: `all`; `language` (everything but the vision and audio adapters and their
             experts, as mPLUG-Owl2 freezes its vision encoder); `text` (only the text experts and the head).
+        abstractor_queries: K > 0 adds mPLUG-Owl2's visual abstractor to the pretrained vision adapter (new
+            weights, trained here, also under `language`): the text then sees K image tokens instead of N.
+            0: as pretrained (a pretrained abstractor, if any, is kept).
         val_samples: greedy answers generated at each validation (written to `val_samples.jsonl`).
         train: the training loop's settings (`pipelines.train.TrainConfig`).
     """
 
     trainable: Literal["all", "language", "text"] = "language"
+    abstractor_queries: int = 0
     val_samples: int = 5
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=2e-5, warmup_steps=3))
 
@@ -38,6 +42,8 @@ def resolve(cfg: InstructConfig, inputs: dict, where: str) -> tuple[InstructConf
     for kind in ("pretrain", "instructions"):
         if kinds.count(kind) != 1:
             raise ConfigError(f"{where}: needs: exactly one `{kind}` stage (got {kinds.count(kind)})")
+    if cfg.abstractor_queries < 0:
+        raise ConfigError(f"{where}: with.abstractor_queries: must be >= 0, got {cfg.abstractor_queries}")
     model = next(s.facts for s in inputs.values() if s.uses == "pretrain")
     data = next(s.facts for s in inputs.values() if s.uses == "instructions")
     if data.get("max_text_tokens", 0) > model.get("max_text_tokens", 1 << 30):
@@ -78,12 +84,14 @@ def instruct(ctx) -> dict[str, float]:
         rows = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
         for r in rows:
             r["generated_text"], r["reference_text"] = sp.decode(r["generated"]), sp.decode(r["reference"])
+            r["prompt_text"] = sp.decode(r.get("prompt", []))
         with open(path, "w") as f:
             f.write("".join(json.dumps(r) + "\n" for r in rows))
         for r in rows[:5]:
             print(f"[instruct] {r['group']}: {r['generated_text']!r}  (reference {r['reference_text']!r})",
                   flush=True)
-    ctx.extra.update({"model_config": task.model_config, "trainable": cfg.trainable, "stream_batch_sizes": task.sizes,
+    ctx.extra.update({"text_tokenizer": data.extra["tokenizers"]["text"],
+                      "model_config": task.model_config, "trainable": cfg.trainable, "stream_batch_sizes": task.sizes,
                       "counts": task.counts, "files": files, "instructions": data.stage})
     metrics = {k: float(v) for k, v in result.metrics.items()
                if isinstance(v, (int, float)) and not k.startswith("memory/")}

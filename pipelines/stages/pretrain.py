@@ -137,7 +137,12 @@ def resolve(cfg: PretrainConfig, inputs: dict, where: str) -> tuple[PretrainConf
     if mc.vision.img_size % mc.vision.patch_size:
         raise ConfigError(f"{where}: with.image_size: {mc.vision.img_size} px is not a whole number of "
                           f"{mc.vision.patch_size} px patches")
-    check_recipe(cfg.recipe, cfg.recipe_overrides, where)
+    recipe = check_recipe(cfg.recipe, cfg.recipe_overrides, where)
+    masked = [o for o in ("mim", "denoise") if recipe.uses(o)]
+    if mc.vision.abstractor_queries and masked:
+        raise ConfigError(f"{where}: with.model.vision.abstractor_queries: the visual abstractor has no per-patch "
+                          f"outputs, which {' and '.join(masked)} need: pretrain without it and add it at "
+                          "instruction tuning (the instruct stage's abstractor_queries), or drop those objectives")
     resolved = dataclasses.replace(cfg, model=model, image_size=image_size, codebook_size=codebook)
     return resolved, {"model_size": cfg.size, "image_size": mc.vision.img_size,
                       "max_text_tokens": mc.text.max_positions - mc.position_offset}

@@ -38,6 +38,7 @@ class InstructTask(TrainTask):
         self.counts: dict[str, dict[str, int]] = {}
         self.val_groups: list[str] = []
         self.samples: list[dict] = []
+        self.thumbnails: list = []  # one PIL image per sample: its image, its log-mel, or blank (text only)
 
     # -- driver ----------------------------------------------------------------------------------------
     def check(self) -> None:
@@ -54,6 +55,13 @@ class InstructTask(TrainTask):
                                               f"reads {schema.INSTRUCTIONS_SCHEMA_VERSION!r}. Rerun that stage.")
         config = ModelConfig.from_dict(p.extra["model_config"])
         self.model_config = config.to_dict()
+        if self.cfg.abstractor_queries:
+            if config.vision.abstractor_queries not in (0, self.cfg.abstractor_queries):
+                raise InstructionsError(f"instruct: the model of {p.stage!r} has a {config.vision.abstractor_queries}"
+                                        f"-query abstractor; abstractor_queries {self.cfg.abstractor_queries} "
+                                        "differs: leave it 0 to keep the pretrained one")
+            self.model_config["vision"] = {**self.model_config["vision"],
+                                           "abstractor_queries": self.cfg.abstractor_queries}
         vocab = m.extra["tokenizers"]["text"]["vocab_size"]
         if vocab != config.text.vocab_size:
             raise InstructionsError(f"instruct: {m.stage!r} was tokenized with a {vocab}-piece vocabulary, the model "
@@ -124,8 +132,12 @@ class InstructTask(TrainTask):
             for name in (MODEL_FILE, "heads.safetensors"):
                 with p.open(name) as src, open(os.path.join(tmp, name), "wb") as dst:
                     dst.write(src.read())
-            load_state_dict_strict(model.backbone, load_file(os.path.join(tmp, MODEL_FILE)))
+            state = load_file(os.path.join(tmp, MODEL_FILE))
             heads = load_file(os.path.join(tmp, "heads.safetensors"))
+        # an abstractor added here starts from its initialisation; every other weight is the pretrained one
+        fresh = {k: v for k, v in model.backbone.state_dict().items()
+                 if k.startswith("adapters.vision.abstractor.") and k not in state}
+        load_state_dict_strict(model.backbone, {**state, **fresh})
         mlm = {k[len("mlm."):]: v for k, v in heads.items() if k.startswith("mlm.")}
         if mlm:  # the pretrained MLM head: the LM head starts from it (see tasks.instruct)
             model.lm.load_state_dict(mlm, strict=True)
@@ -171,7 +183,7 @@ class InstructTask(TrainTask):
         import torch
 
         loss_sum = count = 0.0
-        self.samples = []
+        self.samples, self.thumbnails = [], []
         per_group = -(-self.cfg.val_samples // max(1, len(streams)))  # answers from every group
         with torch.no_grad():
             for group, it in streams.items():
@@ -205,9 +217,29 @@ class InstructTask(TrainTask):
             out = generate(module.backbone, module.logits, inputs, max_new_tokens=max(1, min(16, room)),
                            eos_id=ids.eos_id, pad_id=ids.pad_id)
             answer = t["text_ids"][i][t["loss_mask"][i]].tolist()
-            rows.append({"group": group, "generated": out.tokens[0, :int(out.lengths[0])].tolist(),
-                         "reference": answer})
+            rows.append({"group": group, "prompt": t["text_ids"][i, :start].tolist(),
+                         "generated": out.tokens[0, :int(out.lengths[0])].tolist(), "reference": answer})
+            self.thumbnails.append(_thumbnail(t, i))
         return rows
+
+    def validation_tables(self) -> dict[str, dict[str, list]]:
+        """The greedy answers of the last validation beside their prompts, media and references."""
+        if not self.samples:
+            return {}
+        import sentencepiece as spm
+
+        tok = self.instructions.extra["tokenizers"]["text"]
+        if not tok.get("model"):
+            return {}
+        with self.instructions.open(tok["model"]) as f:
+            sp = spm.SentencePieceProcessor(model_proto=f.read())
+        eos = tok["ids"]["eos"]
+        text = lambda ids: sp.decode([t for t in ids if t != eos])  # noqa: E731
+        return {"val_answers": {"group": [r["group"] for r in self.samples],
+                                "media": self.thumbnails[:len(self.samples)],
+                                "prompt": [text(r["prompt"]) for r in self.samples],
+                                "generated": [text(r["generated"]) for r in self.samples],
+                                "reference": [text(r["reference"]) for r in self.samples]}}
 
     def export(self, module, out_dir: str) -> list[str]:
         from safetensors.torch import save_file
@@ -230,3 +262,19 @@ class InstructTask(TrainTask):
             for row in self.samples:
                 f.write(json.dumps(row) + "\n")
         return [MODEL_FILE, HEAD_FILE, INSTRUCT_FILE, SAMPLES_FILE]
+
+
+def _thumbnail(t: dict, i: int):
+    """Row ``i``'s media as a small PIL image for the validation table: the image (pixels (B, 3, S, S) in
+    [-1, 1]), else the log-mel (fbank (B, T, M), per-utterance normalised; low mels at the bottom), else blank."""
+    import numpy as np
+    from PIL import Image
+
+    if "pixels" in t:
+        x = ((t["pixels"][i].float().clamp(-1, 1) + 1) * 127.5).byte().permute(1, 2, 0).cpu().numpy()
+        return Image.fromarray(np.ascontiguousarray(x)).resize((64, 64))
+    if "fbank" in t:
+        f = t["fbank"][i, :int(t["fbank_frames"][i])].float().cpu().numpy().T[::-1]  # (M, T)
+        f = (255 * (f - f.min()) / max(float(f.max() - f.min()), 1e-6)).astype(np.uint8)
+        return Image.fromarray(np.ascontiguousarray(f)).resize((128, 64))
+    return Image.new("RGB", (64, 64), (235, 235, 235))

@@ -221,6 +221,9 @@ def train_loop(config: dict) -> None:
                                                     for n in val_names}, step=step, device=device, dtype=dtype)
             module.train()
             metrics.update({f"val/{k}": v for k, v in val.items()})
+            if logger is not None:
+                for name, columns in task.validation_tables().items():
+                    logger.table(columns, f"{name}_step{step}.json")
         if logger is not None and metrics:
             logger.log(metrics, step)
             logger.progress(step, metrics)

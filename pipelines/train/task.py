@@ -60,6 +60,12 @@ class TrainTask:
         ``streams``: name -> a fresh iterable of collated batches."""
         return {}
 
+    def validation_tables(self) -> dict[str, dict[str, list]]:
+        """After ``validate``, on rank 0: table name -> columns (equal-length lists; a column may hold PIL
+        images, logged as images) to attach to the stage's MLflow run, e.g. generated answers beside their
+        references. Each validation logs its own copy (``<name>_step<N>.json``)."""
+        return {}
+
     def export(self, module, out_dir: str) -> list[str]:
         """Rank 0, weights gathered: write consolidated fp32 weights (and configs) to ``out_dir``;
         return the file names written."""

@@ -46,6 +46,11 @@ class RunLogger:
                          f"data_wait {metrics.get('data_wait_share', 0):.2f} eta {eta:.0f}s\n")
         sys.stdout.flush()
 
+    def table(self, columns: dict[str, list], artifact_file: str) -> None:
+        """An MLflow table (``MlflowClient.log_table``: shown in the run's Evaluation / Artifacts views)."""
+        if self.client and columns:
+            self.client.log_table(self.run_id, data=columns, artifact_file=artifact_file)
+
     def artifact(self, path: str) -> None:
         if self.client:
             log_artifact(self.client, self.run_id, path)

@@ -98,6 +98,11 @@ def test_pixel_target_pretraining_is_free_of_the_tokenizer_grid():
     ("pretrain.recipe_overrides={text_mask: lots}", "with.recipe_overrides.text_mask: expected a number, got 'lots'"),
     ("pretrain.recipe_overrides={txt_mask: 0.2}", "with.recipe_overrides.txt_mask: unknown key (known keys: weights"),
     ("pretrain.recipe_overrides={mix: {pairs: 1}}", "with.recipe_overrides: unknown mix groups ['pairs']"),
+    ("pretrain.model={vision: {abstractor_queries: 4}}",
+     "with.model.vision.abstractor_queries: the visual abstractor has no per-patch outputs, which mim and denoise"),
+    ("instruct.abstractor_queries=-1", "stage 'instruct': with.abstractor_queries: must be >= 0"),
+    ("evaluate.suites=[{name: x, task: captioning, data: shards}]",
+     "stage 'evaluate': with.suites[0].data: 'shards' is not a `instructions` input"),
 ])
 def test_dry_run_names_file_stage_and_key(project, override, message):
     # what a user types: the error comes before any plan is printed, Ray or MLflow started (exit 2)

@@ -130,9 +130,12 @@ def test_retrieval_figures_are_consistent(evaluated):
         assert 0.0 <= m[f"{d}/r@1"] <= m[f"{d}/r@5"] <= m[f"{d}/r@10"] <= 1.0
         assert 0.0 < b[f"{d}/r@1"] <= b[f"{d}/r@10"] <= 1.0
         assert 1.0 <= m[f"{d}/median_rank"] and 1.0 <= m[f"{d}/mean_rank"]
-    # digits repeat their captions: an image's positives are every text "a handwritten digit N"
-    assert b["image_to_text/r@1"] > 1.0 / r["data"]["pairs"]["image_text"]
-    assert "image_to_text/mean_rank" in r["lower_is_better"]
+    # the digits repeat their captions: "a handwritten digit N" is one text candidate for every image of N
+    items = r["data"]["items"]["image_text"]
+    assert items["text"] < items["image"] <= items["pairs"]
+    assert b["image_to_text/r@1"] == pytest.approx(1.0 / items["text"])  # each image has one distinct caption
+    assert b["text_to_image/r@1"] > 1.0 / items["image"]  # a digit caption has several positive images
+    assert "image_to_text/mean_rank" in r["lower_is_better"] and b["image_to_text/mean_rank"] > 1.0
 
 
 def test_generation_baselines(evaluated):
@@ -163,6 +166,20 @@ def test_summary_report_and_mlflow(evaluated):
     assert "digits-zero-shot/acc1" in run.data.metrics and "digits-zero-shot/baseline/acc1" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "report.html" in artifacts and "results.json" in artifacts and "vqa" in artifacts
+
+
+def test_instruct_logs_its_validation_answers_as_an_mlflow_table(evaluated):
+    project = evaluated[0]
+    manifest = json.loads((project.manifest_dirs("evalslice", "instruct")[0] / "_manifest.json").read_text())
+    client = MlflowClient(project.tracking_uri)
+    run_id = manifest["mlflow_run_id"]
+    table = json.loads(open(client.download_artifacts(run_id, "val_answers_step6.json")).read())
+    assert table["columns"] == ["group", "media", "prompt", "generated", "reference"]
+    rows = table["data"]
+    assert len(rows) == 2 and all(r[2].startswith("USER:") and r[4] for r in rows)
+    # every media cell is an image MLflow stored beside the table
+    images = {a.path for a in client.list_artifacts(run_id, "table_images/val_answers_step6")}
+    assert all(r[1]["type"] == "image" and r[1]["filepath"] in images for r in rows)
 
 
 @pytest.mark.parametrize("suite, needs, message", [

@@ -107,3 +107,55 @@ def test_instruct_refuses_a_model_of_another_vocabulary(inputs, tmp_path):
             run_instruct(store, pretrained, data, {"train": {**TRAIN, "steps": 2}}, "bad")
     finally:
         data.data["extra"]["tokenizers"]["text"]["vocab_size"] = 512
+
+
+def test_resume_matches_an_uninterrupted_run(inputs, tmp_path):
+    """8 steps straight vs 4 steps, stop, rerun under the same name: steps 5-8 have the same answer losses
+    (abs 1e-4), as pretraining's resume does (same seeds, same data positions)."""
+    from omniway_tracking import losses, tracking
+    from pipelines.stages.instruct import InstructConfig
+    from pipelines.train.instruct_task import InstructTask
+    from pipelines.train.launch import fit
+    from pipelines.typed import from_dict
+
+    _, pretrained, data = inputs
+
+    def run(name, storage, uri_run, **kw):
+        cfg = from_dict(InstructConfig, {"trainable": "all", "val_samples": 0, "train": {
+            **TRAIN, "steps": 8, "checkpoint_every": 4, "lr": 3e-3, **kw}}, "instruct")
+        return fit(InstructTask(cfg, data, pretrained), cfg.train, name=name, storage_path=storage,
+                   tracking_uri=uri_run[0], run_id=uri_run[1])
+
+    straight = tracking(tmp_path)
+    run("straight", str(tmp_path / "a"), straight)
+    first, second = tracking(tmp_path), tracking(tmp_path)
+    assert run("resumed", str(tmp_path / "b"), first, stop_after=4).metrics["step"] == 4
+    r2 = run("resumed", str(tmp_path / "b"), second)
+    assert r2.metrics["step"] == 8 and r2.metrics["restarts"] == 1
+    a, b1, b2 = losses(*straight), losses(*first), losses(*second)
+    assert sorted(b1) == [1, 2, 3, 4] and sorted(b2) == [5, 6, 7, 8]
+    for step in range(1, 9):
+        got = b1.get(step, b2.get(step))
+        assert abs(got - a[step]) < 1e-4, (step, got, a[step])
+
+
+def test_an_abstractor_added_at_instruction_tuning_trains_and_generates(inputs):
+    """mPLUG-Owl2's recipe: the vision adapter frozen, a new visual abstractor trained with the language model;
+    the exported model holds it and encodes images through it."""
+    store, pretrained, data = inputs
+    m = run_instruct(store, pretrained, data, {"trainable": "language", "abstractor_queries": 2, "val_samples": 1,
+                                               "train": {**TRAIN, "steps": 4, "checkpoint_every": 4, "lr": 3e-3}},
+                     "abstractor")
+    assert m["extra"]["model_config"]["vision"]["abstractor_queries"] == 2
+    out = os.path.join(store, "t", "instruct", "abstractor")
+    old = load_file(os.path.join(pretrained.dir, "model.safetensors"))
+    new = load_file(os.path.join(out, "model.safetensors"))
+    added = set(new) - set(old)
+    assert added and all(k.startswith("adapters.vision.abstractor.") for k in added) and set(old) <= set(new)
+    assert all(torch.equal(old[k], new[k]) for k in old if k.startswith("adapters.vision.stem."))
+    from model import load_checkpoint
+
+    backbone = load_checkpoint(os.path.join(out, "model.safetensors")).eval()
+    with torch.no_grad():
+        hidden = backbone({"pixels": torch.randn(1, 3, 32, 32), "text_ids": torch.tensor([[2, 7, 8, 9]])}).hidden
+    assert hidden.shape[1] == 1 + 2 + 4  # CLS + the 2 abstracted image tokens + the text

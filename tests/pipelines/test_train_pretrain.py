@@ -12,20 +12,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from omniway_shard_fixtures import run_pretrain, shards_manifest, write_shards
+from omniway_tracking import losses, tracking
 
 GROUPS = {"text": 32, "image": 32, "image_text": 32}
-
-
-def tracking(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("t") or client.create_experiment("t")
-    exp = exp if isinstance(exp, str) else exp.experiment_id
-    return uri, client.create_run(exp).info.run_id
-
-
-def losses(uri, run_id, key="loss") -> dict[int, float]:
-    return {m.step: m.value for m in MlflowClient(uri).get_metric_history(run_id, key)}
 
 
 def train_cfg(**kw) -> dict:
