@@ -92,24 +92,43 @@ class MultiwayAttention(nn.Module):
 class LayerCache:
     """Keys and values of one block's attention, for decoding one token at a time (litgpt's ``KVCache``).
 
-    Tensors are ``(B, H, T, D)``, in the order tokens were appended; ``reorder`` follows beam search.
+    Tensors are ``(B, H, T, D)``, in the order tokens were appended; ``reorder`` follows beam search. They
+    live in buffers with room to grow (doubled when full), so a decode step writes its one token in place
+    instead of copying everything cached (what ``torch.cat`` per step would do: O(T) per step, O(T²) per
+    answer); ``append`` returns views of the filled part.
     """
 
     def __init__(self) -> None:
-        self.k: torch.Tensor | None = None
-        self.v: torch.Tensor | None = None
+        self._k: torch.Tensor | None = None  # (B, H, capacity, D)
+        self._v: torch.Tensor | None = None
+        self.length = 0
+
+    @property
+    def k(self) -> torch.Tensor | None:
+        return None if self._k is None else self._k[:, :, : self.length]
+
+    @property
+    def v(self) -> torch.Tensor | None:
+        return None if self._v is None else self._v[:, :, : self.length]
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Add the new tokens' ``k``, ``v`` (B, H, T_new, D); returns everything held."""
-        if self.k is None:
-            self.k, self.v = k.contiguous(), v.contiguous()
-        else:
-            self.k, self.v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+        n, t = self.length, k.shape[2]
+        if self._k is None or n + t > self._k.shape[2]:
+            capacity = max(2 * (n + t), n + t + 64)
+            grown_k = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[3])
+            grown_v = v.new_empty(v.shape[0], v.shape[1], capacity, v.shape[3])
+            if n:
+                grown_k[:, :, :n], grown_v[:, :, :n] = self.k, self.v
+            self._k, self._v = grown_k, grown_v
+        self._k[:, :, n : n + t] = k
+        self._v[:, :, n : n + t] = v
+        self.length = n + t
         return self.k, self.v
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep rows ``index`` (B',) of the batch, in that order."""
-        self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
+        self._k, self._v = self._k.index_select(0, index), self._v.index_select(0, index)
 
 
 class RelativePositionBias(nn.Module):

@@ -11,10 +11,10 @@ import importlib
 import os
 import sys
 
-# Modules adding subcommands through `add_commands(subparsers, this_module)`: `omniway report` from the
-# evaluation package; `omniway submit` and `omniway jobs` from cluster/, loaded by name (no import
-# statement: the direction is cluster -> pipelines).
-COMMAND_MODULES: tuple[str, ...] = ("pipelines.evaluation.summary", "cluster.jobs")
+# Modules adding subcommands through `add_commands(subparsers, this_module)`: `omniway report` (evaluation
+# results) and `omniway verify` (outputs against their manifests); `omniway submit` and `omniway jobs` from
+# cluster/, loaded by name (no import statement: the direction is cluster -> pipelines).
+COMMAND_MODULES: tuple[str, ...] = ("pipelines.evaluation.summary", "pipelines.integrity", "cluster.jobs")
 
 
 def add_pipeline_args(p: argparse.ArgumentParser) -> None:

@@ -4,6 +4,8 @@ The plan decides, per stage, before anything runs:
   cached  - an output exists for the stage's current cache key; nothing to do
   stale   - no output for the current key (config, code or an input changed)
   forced  - `--force` reruns it although it is cached (its new output replaces the old; training starts over)
+  damaged - its output's files are not what its manifest lists (pipelines.integrity): rebuilt like a
+            stale stage, the new output replacing the damaged one
   skipped - not selected by `--only/--from/--to`
 A stage downstream of a stale one has no key yet (its inputs do not exist);
 it is planned stale and its key is computed, and the cache checked again,
@@ -87,14 +89,14 @@ def select(spec: PipelineSpec, only: list[str] | None = None, from_: str | None 
 class StagePlan:
     name: str
     kind: str
-    state: str  # cached | stale | forced | skipped
+    state: str  # cached | stale | forced | damaged | skipped
     key: str | None
     reason: str
     manifest: dict | None = None  # the committed output, when there is one
 
     @property
     def runs(self) -> bool:
-        return self.state in ("stale", "forced")
+        return self.state in ("stale", "forced", "damaged")
 
 
 def key_for(spec: PipelineSpec, name: str, fingerprints: dict[str, str]) -> str:
@@ -105,7 +107,11 @@ def key_for(spec: PipelineSpec, name: str, fingerprints: dict[str, str]) -> str:
 
 
 def plan(spec: PipelineSpec, storage: Storage, selected: set[str] | None = None,
-         force: bool = False) -> dict[str, StagePlan]:
+         force: bool = False, check: bool = True) -> dict[str, StagePlan]:
+    """Each stage's state (see the module docs). ``check``: stat the files of existing outputs against their
+    manifests (``pipelines.integrity``), so a damaged one is planned for rebuilding."""
+    from pipelines.integrity import check_output, describe_damage
+
     selected = set(spec.stages) if selected is None else selected
     plans: dict[str, StagePlan] = {}
     fingerprints: dict[str, str] = {}  # stages whose output will exist unchanged
@@ -120,15 +126,26 @@ def plan(spec: PipelineSpec, storage: Storage, selected: set[str] | None = None,
             missing = [n for n in pending if not plans[n].runs]
             if missing:
                 up = missing[0]
+                what = (f"whose output is {plans[up].reason.split('; ')[-1]}" if "damaged:" in plans[up].reason
+                        else "which has no output for its current config")
                 raise ConfigError(
-                    f"stage {name!r} needs {up!r}, which has no output for its current config "
-                    f"and is not selected to run: run `omniway run {spec.path} --to {up}` first, "
-                    f"or widen the selection")
+                    f"stage {name!r} needs {up!r}, {what} and is not selected to run: run "
+                    f"`omniway run {spec.path} --to {up}` first, or widen the selection")
             plans[name] = StagePlan(name, stage.uses, "forced" if force else "stale", None,
                                     "--force" if force else f"input {pending[0]} will be rebuilt")
             continue
         key = key_for(spec, name, fingerprints)
         manifest = storage.read_manifest(storage.output_dir(spec.name, name, key))
+        damage = None
+        if manifest is not None and check and not (force and name in selected):
+            result = check_output(storage, storage.output_dir(spec.name, name, key), manifest)
+            damage = describe_damage(result) if result.damaged else None
+        if damage and name not in selected:
+            plans[name] = StagePlan(name, stage.uses, "skipped", key, f"not selected; {damage}", manifest)
+            continue  # downstream of it waits for a rebuild: its fingerprint is not trusted
+        if damage:
+            plans[name] = StagePlan(name, stage.uses, "damaged", key, damage, manifest)
+            continue
         if name not in selected:
             state, reason = "skipped", "not selected"
         elif manifest is None:

@@ -31,8 +31,9 @@ def _jsonable(value: Any) -> Any:
 def execute_stage(*, pipeline: str, stage: str, kind: str, key: str, config: Any,
                   config_dict: dict, inputs: dict[str, Manifest], storage: Storage,
                   run_id: str | None = None, tracking_uri: str | None = None,
-                  plugins: tuple[str, ...] = (), forced: bool = False) -> dict:
-    """Execute `kind` for `stage` and commit its output; return the manifest dict."""
+                  plugins: tuple[str, ...] = (), forced: bool = False, replace: bool | None = None) -> dict:
+    """Execute `kind` for `stage` and commit its output; return the manifest dict. ``replace``: an existing
+    output of the key is replaced (default: when ``forced``; also a damaged output being rebuilt)."""
     load_modules(plugins)
     stage_kind = get_kind(kind)
     output_dir = storage.output_dir(pipeline, stage, key)
@@ -74,7 +75,7 @@ def execute_stage(*, pipeline: str, stage: str, kind: str, key: str, config: Any
         raise
     finally:
         ctx.remove_scratch()
-    if not storage.commit(work_dir, output_dir, data, replace=forced):
+    if not storage.commit(work_dir, output_dir, data, replace=forced if replace is None else replace):
         # Another run of the same pipeline committed this key first; its output
         # is equivalent, and it is the one on disk, so report that one.
         data = storage.read_manifest(output_dir)

@@ -50,7 +50,9 @@ def describe_files(work_dir: str, rows: dict[str, int] | None = None,
             rel = os.path.relpath(full, work_dir).replace(os.sep, "/")
             if rel.startswith("_manifest.json"):
                 continue
-            entry: dict[str, Any] = {"path": rel, "size": os.path.getsize(full),
+            st = os.stat(full)
+            # size and mtime: what pipelines.integrity compares before trusting the file again
+            entry: dict[str, Any] = {"path": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
                                      "sha256": known_sha256.get(rel) or sha256_file(full)}
             if rel in rows:
                 entry["rows"] = int(rows[rel])

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from pipelines.config import PipelineSpec
 from pipelines.dag import StagePlan, key_for, plan, select, topological_order
+from pipelines.integrity import check_output, describe_damage
 from pipelines.manifest import Manifest
 from pipelines.storage import Storage
 
@@ -68,7 +69,7 @@ def format_plan(plans: dict[str, StagePlan]) -> str:
 
 
 def _stage_task(*, plugins, pipeline, stage, kind, key, config_dict, inputs, storage_root,
-                run_id, tracking_uri, forced=False):
+                run_id, tracking_uri, forced=False, replace=False):
     """Body of a stage's Ray task. Takes plain data only: plugin modules that
     define a kind's config are imported here, before anything is rebuilt."""
     from pipelines.execute import execute_stage
@@ -82,7 +83,8 @@ def _stage_task(*, plugins, pipeline, stage, kind, key, config_dict, inputs, sto
                  for name, (d, data) in inputs.items()}
     return execute_stage(pipeline=pipeline, stage=stage, kind=kind, key=key, config=config,
                          config_dict=config_dict, inputs=manifests, storage=storage,
-                         run_id=run_id, tracking_uri=tracking_uri, plugins=tuple(plugins), forced=forced)
+                         run_id=run_id, tracking_uri=tracking_uri, plugins=tuple(plugins), forced=forced,
+                         replace=replace)
 
 
 def connect_ray(spec: PipelineSpec, address: str | None = None) -> bool:
@@ -224,7 +226,14 @@ def _execute(spec, storage, plans, results, tracker, echo) -> None:
                 p = plans[name]
                 key = key_for(spec, name, {n: manifests[n]["fingerprint"] for n in stage.needs})
                 existing = storage.read_manifest(storage.output_dir(spec.name, name, key))
-                if existing is not None and p.state != "forced":
+                damaged = p.state == "damaged"
+                if existing is not None and p.state != "forced" and not damaged:
+                    # the output is taken as an input now: its files are checked again (a stat each)
+                    check = check_output(storage, storage.output_dir(spec.name, name, key), existing)
+                    if check.damaged:
+                        damaged = True
+                        echo(f"[{_now()}] ! {name}: {describe_damage(check)}; rebuilding it")
+                if existing is not None and p.state != "forced" and not damaged:
                     run_id = tracker.cache_hit(name, stage.uses, key, existing)
                     manifests[name] = existing
                     results[name] = StageResult(name, "cached", key, run_id=run_id,
@@ -243,7 +252,8 @@ def _execute(spec, storage, plans, results, tracker, echo) -> None:
                     inputs={n: (storage.output_dir(spec.name, n, manifests[n]["key"]), manifests[n])
                             for n in stage.needs},
                     storage_root=storage.uri_root if not storage.local else storage.root,
-                    run_id=run_id, tracking_uri=spec.tracking_uri, forced=p.state == "forced")
+                    run_id=run_id, tracking_uri=spec.tracking_uri, forced=p.state == "forced",
+                    replace=p.state == "forced" or (damaged and existing is not None))
                 running[ref] = (name, key, run_id, time.time())
                 echo(f"[{_now()}] > {name} ({stage.uses}) started, key {key}, MLflow run {run_id}")
         if not running:
@@ -311,8 +321,10 @@ def stage_status(spec: PipelineSpec) -> list[dict]:
             last = max(candidates, key=lambda c: c.get("created_at", ""), default=None)
         rows.append({
             "stage": name, "kind": p.kind,
-            "state": "cached" if p.state in ("cached", "skipped") and manifest else "stale",
-            "key": p.key or "(pending)", "why": p.reason if not manifest else "up to date",
+            "state": "damaged" if "damaged:" in p.reason else
+                     "cached" if p.state in ("cached", "skipped") and manifest else "stale",
+            "key": p.key or "(pending)", "why": p.reason.split("; ")[-1] if not manifest or "damaged:" in p.reason
+                     else "up to date",
             "last_run": (last or {}).get("created_at", "never"),
             "last_key": (last or {}).get("key", "-"),
             "mlflow_run_id": (last or {}).get("mlflow_run_id") or "-",

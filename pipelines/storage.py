@@ -110,6 +110,45 @@ class Storage:
             return open(path, "rb")
         return self._fs.open_input_file(path)
 
+    def file_state(self, path: str) -> tuple[int, int] | None:
+        """(size, mtime in ns) of a file, None when there is none: one stat call, no reading."""
+        if self.local:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                return None
+            return (st.st_size, st.st_mtime_ns) if not os.path.isdir(path) else None
+        import pyarrow.fs as pafs
+
+        info = self._fs.get_file_info(path)
+        if info.type != pafs.FileType.File:
+            return None
+        return int(info.size), int(info.mtime_ns or 0)
+
+    def sha256(self, path: str) -> str:
+        """sha256 of a file's bytes, read in 1 MiB blocks."""
+        import hashlib
+
+        h = hashlib.sha256()
+        with self.open_input(path) as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+        return h.hexdigest()
+
+    def write_manifest(self, output_dir: str, manifest: dict) -> None:
+        """Replace a committed output's manifest (atomically where the filesystem allows): for facts about
+        the same files, such as the refreshed mtimes of a touched but unchanged file."""
+        text = json.dumps(manifest, indent=2, sort_keys=True)
+        path = f"{output_dir}/{MANIFEST_NAME}"
+        if self.local:
+            tmp = f"{path}.tmp"
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+            return
+        with self._fs.open_output_stream(path) as f:
+            f.write(text.encode())
+
     # -- writes ------------------------------------------------------------
     def new_work_dir(self, pipeline: str, stage: str, key: str) -> str:
         """A fresh local directory for a stage to write into."""

@@ -183,6 +183,30 @@ def chance_mean_rank(m: int, positives: torch.Tensor) -> float:
     return float(((m + 1) / (positives.double().cpu() + 1)).mean())
 
 
+def chance_median_rank(m: int, positives: torch.Tensor) -> float:
+    """Median rank of a uniformly random ranking of ``m`` candidates: the median over queries of each query's
+    median best-positive rank, the smallest r with P(rank <= r) = 1 - C(m - r, p) / C(m, p) >= 1/2.
+
+    Args:
+        m: number of candidates.
+        positives: (N,) positives per query.
+    """
+    from math import comb
+
+    medians = {}
+    for p in sorted(set(int(x) for x in positives.cpu().tolist())):
+        # P(rank > r) = C(m - r, p) / C(m, p) falls as r grows: bisect on exact integers (floats misjudge 1/2)
+        lo, hi, total = 1, max(1, m - p + 1), comb(m, p)
+        while lo < hi:
+            r = (lo + hi) // 2
+            if 2 * comb(m - r, p) <= total:
+                hi = r
+            else:
+                lo = r + 1
+        medians[p] = lo
+    return float(np.median([medians[int(x)] for x in positives.cpu().tolist()]))
+
+
 def positives_per_query(query_labels: torch.Tensor, candidate_labels: torch.Tensor) -> torch.Tensor:
     """(N,) int64: how many candidates share each query's label, without an N x M comparison.
 
@@ -203,8 +227,8 @@ def _summary(ranks: torch.Tensor, topk: torch.Tensor | None, m: int, positives: 
         out[f"r@{k}"] = int((r <= k).sum()) / len(r)
         out[f"chance@{k}"] = chance_recall(m, positives, k)
     out.update(mean_rank=float(r.double().mean()), median_rank=float(np.median(r.numpy())),
-               mean_rank_chance=chance_mean_rank(m, positives), n_queries=float(len(r)), n_candidates=float(m),
-               mean_positives=float(positives.double().mean()), ranks=r)
+               mean_rank_chance=chance_mean_rank(m, positives), median_rank_chance=chance_median_rank(m, positives),
+               n_queries=float(len(r)), n_candidates=float(m), mean_positives=float(positives.double().mean()), ranks=r)
     if topk is not None:
         out["topk"] = topk.cpu()
     return out
@@ -228,6 +252,7 @@ def retrieval_scores(queries: torch.Tensor, candidates: torch.Tensor, query_labe
         (expected R@k of a random ranking, from the positives per query), ``mean_rank`` and ``median_rank``
         (1-based rank of the best positive; the median of an even count averages the middle two),
         ``mean_rank_chance`` (a random ranking's expected mean rank, the mean of (M + 1) / (p + 1)),
+        ``median_rank_chance`` (``chance_median_rank``),
         ``n_queries``, ``n_candidates``, ``mean_positives`` (floats); ``ranks`` (N,) int64 and, when asked,
         ``topk`` (N, K) int64 tensors.
     """

@@ -105,6 +105,7 @@ def retrieval(run) -> dict:
                 metrics[f"{name}/r@{k}"], baselines[f"{name}/r@{k}"] = out[f"r@{k}"], out[f"chance@{k}"]
             metrics[f"{name}/mean_rank"], metrics[f"{name}/median_rank"] = out["mean_rank"], out["median_rank"]
             baselines[f"{name}/mean_rank"] = out["mean_rank_chance"]
+            baselines[f"{name}/median_rank"] = out["median_rank_chance"]
             examples += _examples(run, items[q], items[c], q, c, out["topk"], positives, sp,
                                   s.examples // (2 * len(pairs)) or 1)
         metrics[f"{a}_{b}/mean_r@1"] = (metrics[f"{a}_to_{b}/r@1"] + metrics[f"{b}_to_{a}/r@1"]) / 2

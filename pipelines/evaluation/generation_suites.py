@@ -88,7 +88,7 @@ def captioning(run) -> dict:
     refs = {r["sample_id"]: r["references"] for r in items}
     out = captioning_scores({sid: predictions.get(sid, "") for sid in refs}, refs)
     pool, where = _baseline_answers(run, items)
-    base = captioning_baseline(pool, refs)
+    base = captioning_baseline(pool, refs, meteor=bool(out.get("meteor_ran")))
     names = ["bleu4", "cider", "rouge_l"] + (["meteor"] if out.get("meteor") is not None else [])
     scores = {sid: {"cider": v["cider"]} for sid, v in out["per_item"].items()}
     result = run.result(len(items), {k: out[k] for k in names}, {k: base[k] for k in names if base.get(k) is not None},

@@ -228,3 +228,15 @@ def test_pair_positives_are_checked():
         pair_retrieval_scores(e, e, [[0], [3], [2]])
     with pytest.raises(ValueError, match="positive lists"):
         pair_retrieval_scores(e, e, [[0], [1]])
+
+
+def test_chance_median_rank_by_hand():
+    from tasks.retrieval import chance_median_rank
+
+    # one positive among 9: the rank is uniform on 1..9, median 5
+    assert chance_median_rank(9, torch.tensor([1])) == 5.0
+    # two positives among 4: P(best rank 1) = 1/2 -> median 1; one among 4: P(rank <= 2) = 1/2 -> median 2
+    assert chance_median_rank(4, torch.tensor([2])) == 1.0
+    assert chance_median_rank(4, torch.tensor([1])) == 2.0
+    # the median over queries of their medians: 5, 5, 1 (9 candidates: 1, 1, 9 positives)
+    assert chance_median_rank(9, torch.tensor([1, 1, 9])) == 5.0

@@ -1,0 +1,74 @@
+"""Stage outputs checked against their manifests on a real embedded Ray: a same-size overwrite, a truncation,
+a deletion and a touch of a committed file, as `status`, `--dry-run`, `run` and `verify` see them."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from conftest import diamond
+
+pytestmark = pytest.mark.usefixtures("local_ray")
+
+
+@pytest.fixture
+def built(project):
+    path = project.write(diamond(project))
+    code, _, err = project.cli("run", str(path))
+    assert code == 0, err
+    project.clear_log()
+    return path, project.manifest_dirs("diamond", "a")[0] / "lines.txt"
+
+
+def status_of(project, path, stage: str) -> str:
+    code, out, err = project.cli("status", str(path))
+    assert code == 0, err
+    return next(line for line in out.splitlines() if line.startswith(stage + " "))
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda f: f.write_bytes(f.read_bytes().upper()), "sha256 differs"),   # same size, other bytes
+    (lambda f: f.write_bytes(f.read_bytes()[:5]), "size 5"),               # truncated
+    (lambda f: f.unlink(), "missing"),                                     # deleted
+])
+def test_a_damaged_output_is_reported_and_rebuilt_before_anything_reads_it(project, built, damage, why):
+    path, f = built
+    original = f.read_bytes()
+    damage(f)
+    line = status_of(project, path, "a")
+    assert " damaged " in line and f"lines.txt ({why}" in line, line
+    assert " cached " in status_of(project, path, "b")
+    code, out, _ = project.cli("run", str(path), "--dry-run")
+    assert code == 0 and any(x.startswith("a ") and "damaged" in x for x in out.splitlines()), out
+    code, out, err = project.cli("verify", str(path), "--workdir", str(project.workdir))
+    assert code == 1 and "lines.txt" in out and why in out, out
+    code, out, err = project.cli("run", str(path))
+    assert code == 0, err
+    assert project.runs() == ["a"]  # rebuilt to the same bytes: c and d keep their cached outputs
+    assert f.read_bytes() == original
+    assert " cached " in status_of(project, path, "a")
+    code, out, _ = project.cli("verify", str(path), "--workdir", str(project.workdir))
+    assert code == 0 and all(line.rstrip().endswith("none") for line in out.splitlines()[1:] if line.strip()), out
+
+
+def test_a_touched_but_unchanged_file_is_accepted_and_its_mtime_recorded(project, built):
+    path, f = built
+    manifest_path = f.parent / "_manifest.json"
+    before = json.loads(manifest_path.read_text())["files"][0]["mtime_ns"]
+    os.utime(f, ns=(before + 5_000_000_000, before + 5_000_000_000))
+    assert " cached " in status_of(project, path, "a")
+    after = json.loads(manifest_path.read_text())["files"][0]
+    assert after["mtime_ns"] == before + 5_000_000_000  # hashed once, then trusted by its stat again
+    code, _, err = project.cli("run", str(path))
+    assert code == 0, err
+    assert project.runs() == []
+
+
+def test_a_stage_below_a_damaged_unselected_one_is_refused_with_the_reason(project, built):
+    path, f = built
+    f.write_bytes(f.read_bytes().upper())
+    code, out, err = project.cli("run", str(path), "--only", "c", "--force")
+    assert code == 2 and "needs 'a', whose output is damaged: lines.txt" in err, err
+    assert project.runs() == []
