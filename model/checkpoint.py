@@ -74,3 +74,16 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module | None = None) -> 
         model = config.build()
     load_state_dict_strict(model, tensors, where=os.fspath(path))
     return model
+
+
+def load_torch_weights(path: str | os.PathLike) -> dict:
+    """A ``.pt`` / ``.pth`` / ``.bin`` file a user hands in (a published BEiT-3 checkpoint), read with
+    ``torch.load(weights_only=True)``: tensors and plain containers only, so unpickling never runs code
+    from the file. Anything else is refused with the reason."""
+    import pickle
+
+    try:
+        return torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{os.fspath(path)}: not a weights-only checkpoint; omniway loads tensors and plain "
+                         f"containers only and runs no code from checkpoint files ({str(e).splitlines()[0]})") from None

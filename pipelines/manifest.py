@@ -36,6 +36,12 @@ def fingerprint_of(key: str, files: list[dict]) -> str:
     return h.hexdigest()[:32]
 
 
+def file_contents(files: list[dict]) -> list[dict]:
+    """Manifest file entries without what says when they were written (``mtime_ns``): what two runs that
+    wrote the same bytes have in common."""
+    return [{k: v for k, v in e.items() if k != "mtime_ns"} for e in files]
+
+
 def describe_files(work_dir: str, rows: dict[str, int] | None = None,
                    known_sha256: dict[str, str] | None = None) -> list[dict]:
     """List every file under `work_dir` (sorted, relative, hashed). `known_sha256` holds

@@ -44,12 +44,10 @@ def model_config(source: dict):
     from model import ModelConfig
 
     if source["kind"] == "checkpoint":
-        import torch
-
+        from model.checkpoint import load_torch_weights
         from model.interop.beit3 import beit3_config
 
-        return beit3_config(torch.load(source["path"], map_location="cpu", weights_only=True),
-                            heads=source.get("heads") or None)
+        return beit3_config(load_torch_weights(source["path"]), heads=source.get("heads") or None)
     return ModelConfig.from_dict(source["manifest"].extra["model_config"])
 
 
@@ -61,17 +59,17 @@ class EmbeddingModel:
     """
 
     def __init__(self, source: dict):
-        import torch
         from safetensors.torch import load_file
 
         from model import load_checkpoint, load_state_dict_strict
+        from model.checkpoint import load_torch_weights
         from tasks.objectives import CrossModalContrast
 
         self.contrast = None
         if source["kind"] == "checkpoint":
             from model.interop.beit3 import beit3_config, load_beit3, unwrap
 
-            checkpoint = torch.load(source["path"], map_location="cpu", weights_only=True)
+            checkpoint = load_torch_weights(source["path"])
             self.backbone = beit3_config(checkpoint, heads=source.get("heads") or None).build()
             load_beit3(self.backbone, checkpoint, ignore_extra=True, keep_other_modalities=True)
             # unilm's retrieval checkpoints (BEiT3ForRetrieval) hold the projections their scores use

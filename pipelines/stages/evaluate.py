@@ -17,7 +17,7 @@ vqa, asr) the `instruct` input. `omniway report PIPELINE` prints the results aga
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 from pipelines.registry import stage_kind
 from pipelines.typed import ConfigError
@@ -111,9 +111,14 @@ class EvaluateConfig:
     gpus_per_worker: float = 0.0
 
 
-def _one(inputs: dict, kind: str) -> Optional[str]:
-    names = [n for n, s in inputs.items() if s.uses == kind]
-    return names[0] if len(names) == 1 else None
+def with_defaults(suite: SuiteConfig, kinds: dict[str, str]) -> SuiteConfig:
+    """The suite with what it leaves unset filled in: its data, the one input of the kind its task reads
+    (``kinds``: input name -> stage kind), and the instruction tasks a generation suite scores."""
+    import dataclasses
+
+    names = [n for n, k in kinds.items() if k == DATA_KIND[suite.task]]
+    data = suite.data or (names[0] if len(names) == 1 else "")
+    return dataclasses.replace(suite, data=data, tasks=suite.tasks or DEFAULT_ROW_TASKS.get(suite.task, []))
 
 
 def resolve(cfg: EvaluateConfig, inputs: dict, where: str) -> tuple[EvaluateConfig, dict]:
@@ -145,8 +150,9 @@ def resolve(cfg: EvaluateConfig, inputs: dict, where: str) -> tuple[EvaluateConf
         if not s.name or names.count(s.name) > 1 or "/" in s.name:
             raise ConfigError(f"{where}: {key}.name: every suite needs a unique name without '/', got {names}")
         want = DATA_KIND[s.task]
-        data = s.data or _one(inputs, want)
-        if data is None:
+        s = with_defaults(s, {n: spec.uses for n, spec in inputs.items()})
+        data = s.data
+        if not data:
             raise ConfigError(f"{where}: {key}.data: a {s.task} suite reads rows of a `{want}` stage: name one of the "
                               f"inputs ({', '.join(inputs) or 'none'})")
         if data not in inputs or inputs[data].uses != want:
@@ -180,7 +186,7 @@ def resolve(cfg: EvaluateConfig, inputs: dict, where: str) -> tuple[EvaluateConf
                               f"stage that tokenized {data!r}")
         if any(k < 1 for k in s.ks):
             raise ConfigError(f"{where}: {key}.ks: cut-offs are >= 1, got {s.ks}")
-        suites.append(dataclasses.replace(s, data=data, tasks=s.tasks or DEFAULT_ROW_TASKS.get(s.task, [])))
+        suites.append(s)
     return dataclasses.replace(cfg, suites=suites), {}
 
 
@@ -195,8 +201,9 @@ def evaluate(ctx) -> dict[str, float]:
 
     cfg = ctx.config
     results = []
+    kinds = {n: m.kind for n, m in ctx.inputs.items()}
     for suite in cfg.suites:
-        result = run_suite(ctx, suite)
+        result = run_suite(ctx, with_defaults(suite, kinds))
         folder = os.path.join(ctx.output_dir, suite.name)
         os.makedirs(folder, exist_ok=True)
         predictions = result.pop("predictions", None)

@@ -69,3 +69,24 @@ def test_linear_probe_of_a_checkpoint(tmp_path):
     assert result["metrics"]["acc1"] > result["baselines"]["acc1"] + 0.2
     assert m["metrics"]["probe/acc1"] == pytest.approx(result["metrics"]["acc1"])
     assert os.path.exists(os.path.join(out, "report.html"))
+
+
+class _RunsCode:
+    """Unpickling this calls ``open(marker, "w")``: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path):
+    from pipelines.evaluation.models import EmbeddingModel
+
+    marker = tmp_path / "ran"
+    bad = tmp_path / "evil.pth"
+    torch.save({"model": {"x": _RunsCode(str(marker))}}, str(bad))
+    with pytest.raises(ValueError, match="not a weights-only checkpoint"):
+        EmbeddingModel({"kind": "checkpoint", "path": str(bad), "heads": HEADS})
+    assert not marker.exists()
