@@ -12,9 +12,11 @@ import os
 import sys
 
 # Modules adding subcommands through `add_commands(subparsers, this_module)`: `omniway report` (evaluation
-# results) and `omniway verify` (outputs against their manifests); `omniway submit` and `omniway jobs` from
-# cluster/, loaded by name (no import statement: the direction is cluster -> pipelines).
-COMMAND_MODULES: tuple[str, ...] = ("pipelines.evaluation.summary", "pipelines.integrity", "cluster.jobs")
+# results), `omniway verify` (outputs against their manifests), `omniway sync-metrics` (metrics MLflow did
+# not take during training); `omniway submit` and `omniway jobs` from cluster/, loaded by name (no import
+# statement: the direction is cluster -> pipelines).
+COMMAND_MODULES: tuple[str, ...] = ("pipelines.evaluation.summary", "pipelines.integrity",
+                                    "pipelines.train.metrics_sender", "cluster.jobs")
 
 
 def add_pipeline_args(p: argparse.ArgumentParser) -> None:
@@ -129,6 +131,15 @@ def cmd_run(args) -> int:
         evaluations = evaluation_summary(spec)
         if evaluations:
             print("\n" + evaluations)
+    ran = [r.name for r in report.results.values() if r.state == "ran"]
+    if ran and report.tracking_uri:
+        from pipelines.train.metrics_sender import UNSENT_FILE, unsent_outputs
+
+        for name, m in unsent_outputs(spec, ran):
+            with m.open(UNSENT_FILE) as f:
+                n = sum(1 for line in f.read().decode().splitlines() if line.strip())
+            print(f"\nomniway: {n} logged lines of stage {name!r} did not reach MLflow; its output keeps them "
+                  f"({UNSENT_FILE}): `omniway sync-metrics {args.pipeline} --stage {name}` sends them")
     if report.tracking_uri and report.parent_run_id:
         print(f"\nMLflow: mlflow ui --backend-store-uri {report.tracking_uri}"
               f"   (run {report.parent_run_id})")

@@ -306,6 +306,16 @@ def format_summary(report: RunReport) -> str:
                      for row in rows)
 
 
+def current_outputs(spec: PipelineSpec, stages=(), kind: str | None = None) -> list[tuple[str, Manifest | None]]:
+    """(stage name, its committed output at its current cache key, or None) of the pipeline's stages (of
+    ``kind``, among ``stages`` when given), in pipeline order."""
+    storage = Storage(spec.storage)
+    plans = plan(spec, storage, set(spec.stages))
+    names = [n for n, s in spec.stages.items() if (kind is None or s.uses == kind) and (not stages or n in stages)]
+    return [(n, Manifest(dir=storage.output_dir(spec.name, n, plans[n].key), data=plans[n].manifest,
+                         storage_uri=spec.storage) if plans[n].manifest else None) for n in names]
+
+
 def stage_status(spec: PipelineSpec) -> list[dict]:
     """Per stage: state, current key, last run time and MLflow run id. Reads manifests only."""
     storage = Storage(spec.storage)

@@ -182,11 +182,19 @@ class Storage:
             os.rename(output_dir, old)
             shutil.rmtree(old, ignore_errors=True)
         tmp_manifest = f"{work_dir}/{MANIFEST_NAME}.tmp"
-        with open(tmp_manifest, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_manifest, f"{work_dir}/{MANIFEST_NAME}")
+        try:
+            with open(tmp_manifest, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp_manifest, f"{work_dir}/{MANIFEST_NAME}")
+        except BaseException:
+            # a full disk (or anything else) mid-write: no torn manifest is left, not even the .tmp
+            try:
+                os.unlink(tmp_manifest)
+            except OSError:
+                pass
+            raise
         if os.path.isdir(output_dir) and not os.path.exists(f"{output_dir}/{MANIFEST_NAME}"):
             # Left by a writer of an older layout or a hand copy: not an output.
             shutil.rmtree(output_dir, ignore_errors=True)
@@ -196,6 +204,11 @@ class Storage:
             if os.path.exists(f"{output_dir}/{MANIFEST_NAME}"):
                 shutil.rmtree(work_dir, ignore_errors=True)
                 return False
+            # not published: the work directory must not look like an output (the caller removes it)
+            try:
+                os.unlink(f"{work_dir}/{MANIFEST_NAME}")
+            except OSError:
+                pass
             raise
         return True
 

@@ -27,22 +27,28 @@ TAG_ERROR = "omniway.error"
 MAX_METRICS_PER_BATCH = 1000
 
 
-def log_metrics(client, run_id: str, metrics: dict, step: int = 0) -> None:
-    """Log ``metrics`` to MLflow run ``run_id``: the one metric writer (stage contexts, the training
-    loop's rank 0, the pipeline tracker). Nested dicts are flattened (``a.b``), names go through
-    ``metric_name``, what is not a number (strings, None, booleans, lists) is left out, and the batch is split at
-    MLflow's limit."""
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    items = []
+def metric_values(metrics: dict) -> dict[str, float]:
+    """What of ``metrics`` MLflow takes as metrics, by the names it takes: nested dicts flattened (``a.b``),
+    names through ``metric_name``, what is not a number (strings, None, booleans, lists) left out."""
+    out = {}
     for key, value in flatten(metrics).items():
         if value is None or isinstance(value, (bool, str)):
             continue
         try:
-            items.append(Metric(metric_name(key), float(value), now, int(step)))
+            out[metric_name(key)] = float(value)
         except (TypeError, ValueError):  # a list, a dict of lists: not a metric
             continue
+    return out
+
+
+def log_metrics(client, run_id: str, metrics: dict, step: int = 0) -> None:
+    """Log ``metrics`` (``metric_values``) to MLflow run ``run_id``, split at MLflow's batch limit: the one
+    synchronous metric writer (stage contexts, the pipeline tracker; the training loop's rank 0 spools
+    through ``pipelines.train.metrics_sender``)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k, v, now, int(step)) for k, v in metric_values(metrics).items()]
     for i in range(0, len(items), MAX_METRICS_PER_BATCH):
         client.log_batch(run_id, metrics=items[i:i + MAX_METRICS_PER_BATCH])
 
@@ -89,8 +95,28 @@ def _open_sqlite_store(tracking_uri: str):
     return client
 
 
+def _reported(fn):
+    """A bookkeeping call whose failure (the server down, hung, refusing) is reported, not raised: a stage
+    output that is committed stays committed whatever MLflow does (``failures`` counts them)."""
+    import functools
+    import sys
+
+    @functools.wraps(fn)
+    def call(self, *args, **kwargs):
+        try:
+            return fn(self, *args, **kwargs)
+        except Exception as e:
+            self.failures += 1
+            sys.stderr.write(f"omniway: MLflow did not take {fn.__name__} ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}); the run goes on\n")
+            return None
+
+    return call
+
+
 class PipelineTracker:
-    """The parent run of one pipeline run and its stage children.
+    """The parent run of one pipeline run and its stage children. Past the parent run's creation, a failed
+    call is reported and the run goes on (``_reported``): a stage's run id may then be None.
 
     Args:
         tracking_uri: MLflow tracking URI (sqlite:///..., http://...).
@@ -118,7 +144,9 @@ class PipelineTracker:
         self.parent = self.client.create_run(
             self.experiment_id, run_name=run_name, tags={TAG_PIPELINE: experiment})
         self.parent_id = self.parent.info.run_id
+        self.failures = 0
 
+    @_reported
     def log_pipeline(self, resolved_yaml: str, params: dict) -> None:
         import tempfile
 
@@ -135,6 +163,7 @@ class PipelineTracker:
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             self.client.log_batch(run_id, params=items[i:i + 100])
 
+    @_reported
     def start_stage(self, stage: str, kind: str, key: str, config: dict) -> str:
         run = self.client.create_run(self.experiment_id, run_name=stage, tags={
             "mlflow.parentRunId": self.parent_id, TAG_STAGE: stage, TAG_KIND: kind,
@@ -142,15 +171,18 @@ class PipelineTracker:
         self._log_params(run.info.run_id, config)
         return run.info.run_id
 
+    @_reported
     def finish_stage(self, run_id: str, manifest: dict) -> None:
         log_metrics(self.client, run_id, manifest.get("metrics", {}))
         self._log_manifest(run_id, manifest)
         self.client.set_terminated(run_id, "FINISHED")
 
+    @_reported
     def fail_stage(self, run_id: str, error: str) -> None:
         self.client.set_tag(run_id, TAG_ERROR, error[:5000])
         self.client.set_terminated(run_id, "FAILED")
 
+    @_reported
     def cache_hit(self, stage: str, kind: str, key: str, manifest: dict) -> str:
         tags = {"mlflow.parentRunId": self.parent_id, TAG_STAGE: stage, TAG_KIND: kind,
                 TAG_KEY: key, TAG_CACHE_HIT: "true"}
@@ -163,6 +195,7 @@ class PipelineTracker:
         self.client.set_terminated(run_id, "FINISHED")
         return run_id
 
+    @_reported
     def finish(self, ok: bool) -> None:
         self.client.set_terminated(self.parent_id, "FINISHED" if ok else "FAILED")
 

@@ -14,15 +14,9 @@ import sys
 
 def evaluate_outputs(spec, stages: list[str] | None = None) -> list[tuple[str, object]]:
     """(stage name, committed Manifest or None) of each evaluate stage at its current cache key."""
-    from pipelines.dag import plan
-    from pipelines.manifest import Manifest
-    from pipelines.storage import Storage
+    from pipelines.runner import current_outputs
 
-    storage = Storage(spec.storage)
-    plans = plan(spec, storage, set(spec.stages))
-    names = [n for n, s in spec.stages.items() if s.uses == "evaluate" and (not stages or n in stages)]
-    return [(n, Manifest(dir=storage.output_dir(spec.name, n, plans[n].key), data=plans[n].manifest,
-                         storage_uri=spec.storage) if plans[n].manifest else None) for n in names]
+    return current_outputs(spec, stages or (), "evaluate")
 
 
 def read_results(manifest) -> list[dict]:

@@ -20,9 +20,12 @@ import time
 
 from pipelines.train.engine import TAG, build_engine, loop_clips, use_bf16, zero_stage
 from pipelines.train.streams import Stream, stream_collate
+from pipelines.train.metrics_sender import UNSENT_FILE
 from pipelines.train.tracking import RunLogger, loss_curve_png
 
 EXPORT_DIR = "export"  # inside the final checkpoint: what the stage copies to its output
+# at the end of a run, how long the metrics sender may drain what the tracking server has not taken yet
+TRACKING_DRAIN_S = 30.0
 HISTORY_KEEP = 5000
 
 
@@ -249,6 +252,8 @@ def _save_and_report(task, engine, train, state, metrics, rank: int, *, final: b
             png = loss_curve_png(state["history"], os.path.join(out, "loss_curve.png"))
             if png and logger is not None:
                 logger.artifact(png)
+            if logger is not None:  # the run ends here: what the server did not take stays in the output
+                metrics["tracking/unsent"] = float(logger.close(TRACKING_DRAIN_S, os.path.join(out, UNSENT_FILE)))
     report = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     report.update({"step": state["step"], "restarts": state.get("restarts", 0)})
     ray.train.report(report, checkpoint=Checkpoint.from_directory(tmp))

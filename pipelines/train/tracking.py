@@ -1,37 +1,55 @@
-"""Rank-0 metrics: MLflow batches straight to the stage's run (Ray Train V2 has no Tune callbacks), a
-progress line, and the loss-curve PNG."""
+"""Rank-0 metrics: MLflow batches to the stage's run through a background sender (Ray Train V2 has no Tune
+callbacks; a step never waits on the server), a progress line, and the loss-curve PNG."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
-from pipelines.tracking import log_artifact, log_metrics
-
 
 class RunLogger:
-    """Logs to the MLflow run ``run_id`` at ``tracking_uri`` (no-op without a run id).
+    """Logs to the MLflow run ``run_id`` at ``tracking_uri`` through a ``MetricsSender`` (a step never waits
+    on the server); no-op without a run id.
 
     Args:
         tracking_uri: MLflow tracking URI.
         run_id: the stage's MLflow run.
         total_steps: for the progress line's ETA.
+        spool_dir: where the sender spools (a local directory of this worker).
     """
 
-    def __init__(self, tracking_uri: str | None, run_id: str | None, total_steps: int):
+    def __init__(self, tracking_uri: str | None, run_id: str | None, total_steps: int, spool_dir: str | None = None):
         self.run_id, self.total = run_id, total_steps
-        self.client = None
+        self.sender = None
         if run_id:
-            from mlflow.tracking import MlflowClient
+            import tempfile
 
-            self.client = MlflowClient(tracking_uri)
+            from pipelines.train.metrics_sender import MetricsSender
+
+            self.sender = MetricsSender(tracking_uri, run_id, spool_dir or tempfile.mkdtemp(prefix="omniway-spool-"))
         self.started = time.time()
         self.first_step: int | None = None
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        if not self.client or not metrics:
-            return
-        log_metrics(self.client, self.run_id, metrics, step)
+        from pipelines.tracking import metric_values
+
+        if self.sender and metrics:
+            self.sender.metrics(metric_values(metrics), step)
+
+    def close(self, timeout_s: float, unsent_path: str) -> int:
+        """Let the sender drain for up to ``timeout_s``; what it could not send goes to ``unsent_path``.
+        Returns the number of lines left unsent."""
+        if not self.sender:
+            return 0
+        left = self.sender.close(timeout_s, unsent_path)
+        if left:
+            sys.stdout.write(f"[train] the tracking server did not take {left} logged lines in time; they are "
+                             f"kept in the stage output ({os.path.basename(unsent_path)}): `omniway sync-metrics` "
+                             "sends them\n")
+            sys.stdout.flush()
+        self.sender = None
+        return left
 
     def progress(self, step: int, metrics: dict[str, float]) -> None:
         if self.first_step is None:
@@ -48,12 +66,12 @@ class RunLogger:
 
     def table(self, columns: dict[str, list], artifact_file: str) -> None:
         """An MLflow table (``MlflowClient.log_table``: shown in the run's Evaluation / Artifacts views)."""
-        if self.client and columns:
-            self.client.log_table(self.run_id, data=columns, artifact_file=artifact_file)
+        if self.sender and columns:
+            self.sender.table(columns, artifact_file)
 
     def artifact(self, path: str) -> None:
-        if self.client:
-            log_artifact(self.client, self.run_id, path)
+        if self.sender:
+            self.sender.artifact(path)
 
 
 def loss_curve_png(history: list[list[float]], path: str) -> str | None:

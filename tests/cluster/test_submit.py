@@ -43,7 +43,13 @@ def cluster():
     assert subprocess.run(["pgrep", "-f", f"omniway-ray-{port}"], capture_output=True).returncode == 1
 
 
-def project_pipeline(root: Path, fail: bool) -> Path:
+SOURCES = ("a", "b", "x")
+
+
+def project_pipeline(root: Path, fail: bool, log: Path | None = None) -> Path:
+    """Sources a and b joined by c; with `log`, also a third source x, and the sources log to `log` and
+    each waits until all three have started: three 1-CPU tasks at once, on a head of 2 CPUs, so one of
+    them runs on the second node."""
     (root / "omniway_test_kinds.py").write_text(
         (REPO / "tests" / "helpers" / "omniway_test_kinds.py").read_text())
     marker = root / "bug"
@@ -59,6 +65,14 @@ def project_pipeline(root: Path, fail: bool) -> Path:
                   "with": {"fail_if_exists": str(marker)}},
         },
     }
+    if log is not None:
+        stages = body["stages"]
+        stages["x"] = {"uses": "test-emit", "with": {"text": "gamma"}}
+        for name in SOURCES:
+            stages[name]["with"].update({"log": str(log), "rendezvous": len(SOURCES),
+                                         "rendezvous_of": list(SOURCES)})
+        stages["c"]["needs"] = list(SOURCES)
+        stages["c"]["with"]["log"] = str(log)
     path = root / "pipeline.yaml"
     path.write_text(yaml.safe_dump(body))
     return path
@@ -78,7 +92,11 @@ def test_cluster_has_two_nodes(cluster):
 
 
 def test_submit_wait_success_runs_on_the_cluster(cluster, tmp_path):
-    path = project_pipeline(tmp_path, fail=False)
+    from omniway_test_kinds import log_lines
+    from ray.util.state import list_nodes
+
+    log = tmp_path / "executions.log"
+    path = project_pipeline(tmp_path, fail=False, log=log)
     workdir = tmp_path / "work"
     env = {"PYTHONPATH": ""}  # the job gets the project through its working_dir only
     result = sh(sys.executable, "-m", "pipelines.cli", "submit", path.name, "--address",
@@ -96,6 +114,18 @@ def test_submit_wait_success_runs_on_the_cluster(cluster, tmp_path):
     logs = sh(sys.executable, "-m", "pipelines.cli", "jobs", "logs", job_id, "--address",
               cluster["address"]).stdout
     assert "c" in logs and "done" in logs
+    # the stages ran on the cluster's nodes, and not all on the head: the three sources ran at once
+    # (each waited for the others' start), and the head has CPUs for two
+    nodes = {n.node_id: n.is_head_node for n in list_nodes(address=cluster["address"]) if n.state == "ALIVE"}
+    assert len(nodes) == 2, nodes
+    (head,) = [n for n, is_head in nodes.items() if is_head]
+    records = log_lines(str(log))
+    ran_on = {r["stage"]: r["node"] for r in records if r["event"] == "start"}
+    assert sorted(ran_on) == ["a", "b", "c", "x"], records
+    assert set(ran_on.values()) <= set(nodes), (ran_on, nodes)
+    assert [s for s in SOURCES if ran_on[s] != head], (ran_on, head)  # on the second node
+    assert max(r["t"] for r in records if r["event"] == "start" and r["stage"] in SOURCES) < min(
+        r["t"] for r in records if r["event"] == "end" and r["stage"] in SOURCES), records
 
 
 def test_submit_wait_failure_exits_nonzero(cluster, tmp_path):

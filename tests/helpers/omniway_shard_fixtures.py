@@ -107,9 +107,11 @@ def shards_manifest(root: str, stage: str = "shards"):
     return Manifest(dir=root, data=data, storage_uri=os.path.dirname(root))
 
 
-def run_pretrain(storage_root: str, manifest, config: dict, *, key: str = "k1", tracking: tuple | None = None):
+def run_pretrain(storage_root: str, manifest, config: dict, *, key: str = "k1", tracking: tuple | None = None,
+                 forced: bool = False):
     """Run the `pretrain` kind in-process through `execute_stage`; returns the committed manifest dict.
-    `tracking`: (tracking_uri, run_id)."""
+    `tracking`: (tracking_uri, run_id). `forced`: as `omniway run --force` (train from step 0, replace
+    the output of the key)."""
     import pipelines.stages  # noqa: F401 - registers the kinds
     from pipelines.execute import execute_stage
     from pipelines.registry import get_kind
@@ -120,7 +122,7 @@ def run_pretrain(storage_root: str, manifest, config: dict, *, key: str = "k1", 
     uri, run_id = tracking or (None, None)
     return execute_stage(pipeline="t", stage="pretrain", kind="pretrain", key=key, config=cfg,
                          config_dict=to_dict(cfg), inputs={"shards": manifest}, storage=Storage(storage_root),
-                         run_id=run_id, tracking_uri=uri)
+                         run_id=run_id, tracking_uri=uri, forced=forced)
 
 
 def write_instructions(root: str, *, rows_per_group: dict[str, int], n_classes: int = 4, rows_per_file: int = 32,

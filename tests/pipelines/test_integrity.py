@@ -72,3 +72,23 @@ def test_a_stage_below_a_damaged_unselected_one_is_refused_with_the_reason(proje
     code, out, err = project.cli("run", str(path), "--only", "c", "--force")
     assert code == 2 and "needs 'a', whose output is damaged: lines.txt" in err, err
     assert project.runs() == []
+
+
+def test_outputs_on_uri_storage_are_checked_through_the_filesystem(project):
+    """`file://` storage goes through pyarrow.fs (as s3:// or gs:// would): the same stat, re-hash and rebuild.
+    An upload gives files new mtimes, so the first check hashes them once and records what it saw."""
+    body = diamond(project)
+    body["storage"] = f"file://{project.root}/remote-store"
+    path = project.write(body)
+    assert project.cli("run", str(path))[0] == 0
+    (key_dir,) = [p for p in (project.root / "remote-store" / "diamond" / "a").iterdir() if not p.name.startswith("_")]
+    f = key_dir / "lines.txt"
+    assert " cached " in status_of(project, path, "a")
+    recorded = json.loads((key_dir / "_manifest.json").read_text())["files"][0]["mtime_ns"]
+    assert recorded == f.stat().st_mtime_ns  # the upload's mtime, recorded at the first check
+    original = f.read_bytes()
+    f.write_bytes(original.upper())
+    assert " damaged " in status_of(project, path, "a")
+    project.clear_log()
+    assert project.cli("run", str(path))[0] == 0
+    assert project.runs() == ["a"] and f.read_bytes() == original

@@ -1,11 +1,12 @@
 """The pretrain stage and the one training loop on a real embedded Ray, DeepSpeed on CPU, MLflow sqlite:
-2 workers with ZeRO-2, ZeRO-3 and ZeRO-2 + optimizer offload, 1 worker, resume equivalence, bad shards (a killed
-worker: test_train_faults.py)."""
+2 workers with ZeRO-2, ZeRO-3 and ZeRO-2 + optimizer offload, 1 worker, resume equivalence, a forced rerun, bad
+shards (a killed worker: test_train_faults.py)."""
 
 from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 
 import pytest
@@ -59,6 +60,16 @@ def test_two_workers_loss_goes_down_and_output_is_complete(tmp_path, shards, zer
               "mfu", "data_wait_share", "memory/rank0_peak_bytes", "memory/rank1_peak_bytes", "mix/image_text",
               "val/mlm_acc", "val/image_to_text/r_at_1", "val/text_to_image/r_at_5"):
         assert k in keys, k
+    # ... with values that can be right: finite and in range at every step they were logged
+    mfu, norms = losses(uri, run_id, "mfu"), losses(uri, run_id, "grad_norm")
+    assert sorted(mfu) == sorted(norms) == list(range(1, 41))
+    assert all(math.isfinite(v) and 0 < v <= 1 for v in mfu.values()), mfu
+    assert all(math.isfinite(v) and v > 0 for v in norms.values()), norms
+    for direction in ("image_to_text", "text_to_image"):
+        r1, r5 = (losses(uri, run_id, f"val/{direction}/r_at_{k}") for k in (1, 5))
+        assert sorted(r1) == sorted(r5) == [40], (r1, r5)  # validated at the end
+        assert 0 <= r1[40] <= r5[40] <= 1, (direction, r1, r5)
+    assert 0 <= losses(uri, run_id, "val/mlm_acc")[40] <= 1
     files = {f["path"] for f in m["files"]}
     assert {"model.safetensors", "heads.safetensors", "pretrain.json", "loss_curve.png"} <= files
     out = os.path.join(str(tmp_path / "store"), "t", "pretrain", "k1")
@@ -130,6 +141,7 @@ def test_one_worker_runs_stage_0_and_clips_in_the_loop(tmp_path, shards):
     assert last < 0.9 * first, curve
     norms = losses(uri, run_id, "grad_norm")  # the pre-clip norm, from the loop's own clip
     assert sorted(norms) == list(range(1, 21)) and max(norms.values()) > 0.5, norms  # above the clip: pre-clip
+    assert all(math.isfinite(v) and v > 0 for v in norms.values()), norms
     with result.checkpoint.as_directory() as d:
         state = torch.load(os.path.join(d, "state", "mp_rank_00_model_states.pt"), map_location="cpu",
                            weights_only=False)
@@ -164,6 +176,47 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, shards):
     for step in range(1, 9):
         got = b1.get(step, b2.get(step))
         assert abs(got - a[step]) < 1e-4, (step, got, a[step])
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_forced_rerun_trains_from_step_0_and_replaces_the_output(tmp_path):
+    """A finished pretrain run again with ``forced`` (``omniway run --force``; ``fit(fresh=True)``): the Ray
+    Train run of the key is discarded and trained again from step 0 (a rerun that is not forced resumes at
+    the last step and trains nothing), and the new export replaces the committed output."""
+    import time
+
+    # text only, one worker, 4 steps: the smallest run that trains, checkpoints and exports
+    shards = shards_manifest(write_shards(str(tmp_path / "shards"), rows_per_group={"text": 32}))
+    config = {"recipe": "beit3", "train": train_cfg(steps=4, checkpoint_every=4, warmup_steps=1, num_workers=1,
+                                                    cpus_per_worker=1, micro_batch_size=4)}
+    store = str(tmp_path / "store")
+    out = os.path.join(store, "t", "pretrain", "k1")
+    uri, first_run = tracking(tmp_path)
+    first = run_pretrain(store, shards, config, tracking=(uri, first_run))
+    assert first["metrics"]["step"] == 4 and first["metrics"]["restarts"] == 0
+    assert sorted(losses(uri, first_run)) == [1, 2, 3, 4]
+    first_checkpoint = first["extra"]["train_run"]["checkpoint"]
+    assert os.path.isdir(first_checkpoint)
+
+    _, second_run = tracking(tmp_path)
+    started = time.time()
+    second = run_pretrain(store, shards, config, tracking=(uri, second_run), forced=True)
+    # trained again from step 0: no checkpoint restored, every step logged again to the new run
+    assert second["metrics"]["step"] == 4 and second["metrics"]["restarts"] == 0
+    assert sorted(losses(uri, second_run)) == [1, 2, 3, 4]
+    assert sorted(MlflowClient(uri).get_metric_history(second_run, "step"), key=lambda m: m.step)[0].value == 1.0
+    # ... in a new Ray Train run: the old one (and its checkpoints) was discarded first
+    second_checkpoint = second["extra"]["train_run"]["checkpoint"]
+    assert second_checkpoint != first_checkpoint and not os.path.exists(first_checkpoint)
+    assert os.path.isdir(second_checkpoint)
+    # the committed output of the key is the second run's, with files written by it
+    with open(os.path.join(out, "_manifest.json")) as f:
+        committed = json.load(f)
+    assert committed["mlflow_run_id"] == second_run == second["mlflow_run_id"]
+    assert committed["fingerprint"] == second["fingerprint"]
+    assert sorted(os.listdir(os.path.dirname(out))) == ["_tmp", "_train", "k1"]
+    for name in ("model.safetensors", "heads.safetensors", "pretrain.json"):
+        assert os.path.getmtime(os.path.join(out, name)) >= started, name
 
 
 @pytest.mark.usefixtures("local_ray")
