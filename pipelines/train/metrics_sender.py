@@ -153,6 +153,10 @@ class MetricsSender:
                 lines = f.readlines()[self._sent:]
             with open(unsent_path, "w", encoding="utf-8") as f:
                 f.writelines(lines)
+        if not self._thread.is_alive():  # the spool (and its table images) served its purpose
+            import shutil
+
+            shutil.rmtree(self.spool_dir, ignore_errors=True)
         return left
 
 

@@ -6,6 +6,7 @@ through corpus and shards; `omniway report`; config errors before anything runs.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -182,28 +183,45 @@ def test_instruct_logs_its_validation_answers_as_an_mlflow_table(evaluated):
     assert all(r[1]["type"] == "image" and r[1]["filepath"] in images for r in rows)
 
 
-def test_a_damaged_shard_file_is_rebuilt_and_nothing_below_it_reruns(evaluated):
+def _overwrite(part):
+    with open(part, "r+b") as f:  # 4 KiB overwritten in place: same size
+        f.seek(part.stat().st_size // 2)
+        f.write(b"\0" * 4096)
+
+
+@pytest.mark.parametrize("damage, why", [
+    (_overwrite, "sha256 differs"),
+    (lambda part: part.write_bytes(part.read_bytes()[:1000]), "size 1000"),
+    (lambda part: part.unlink(), "missing"),
+    (lambda part: os.utime(part, ns=(part.stat().st_mtime_ns + 10**10,) * 2), None),  # touched, unchanged
+])
+def test_a_damaged_shard_file_is_rebuilt_and_nothing_below_it_reruns(evaluated, damage, why):
     """Integrity on the demo slice (runs after the tests above read the outputs): a shards part overwritten in
-    place is reported damaged, and `run` rebuilds the shards alone (same bytes: everything below stays cached)."""
+    place, truncated or deleted is reported damaged, and `run` rebuilds the shards alone (same bytes:
+    everything below stays cached); a part only touched is hashed once, accepted, and nothing runs."""
     project, path, _, _ = evaluated
     (shards_dir,) = project.manifest_dirs("evalslice", "shards")
     part = sorted((shards_dir / "train").glob("part-*.parquet"))[0]
     original = part.read_bytes()
-    with open(part, "r+b") as f:  # 4 KiB overwritten in place: same size
-        f.seek(len(original) // 2)
-        f.write(b"\0" * 4096)
+    damage(part)
     code, out, err = project.cli("status", str(path))
     line = next(x for x in out.splitlines() if x.startswith("shards "))
-    assert " damaged " in line and f"{part.parent.name}/{part.name} (sha256 differs" in line, line
-    # below it, nothing is trusted until the rebuild says what the shards are
-    assert "input shards will be rebuilt" in next(x for x in out.splitlines() if x.startswith("pretrain "))
+    below = next(x for x in out.splitlines() if x.startswith("pretrain "))
+    if why is None:
+        assert " cached " in line and " cached " in below, out
+    else:
+        assert " damaged " in line and f"{part.parent.name}/{part.name} ({why}" in line, line
+        # below it, nothing is trusted until the rebuild says what the shards are
+        assert "input shards will be rebuilt" in below, below
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         code, out, err = project.cli("run", str(path))
     assert code == 0, err[-3000:]
     ran = [x.split()[2] for x in out.splitlines() if x.startswith("[") and " > " in x]
-    assert ran == ["shards"], ran  # rebuilt to the same bytes: pretrain, instruct, evaluate stay cached
-    assert "= pretrain: cached" in out and "= evaluate: cached" in out
+    # rebuilt to the same bytes: pretrain, instruct, evaluate stay cached
+    assert ran == ([] if why is None else ["shards"]), ran
+    if why is not None:
+        assert "= pretrain: cached" in out and "= evaluate: cached" in out
     assert part.read_bytes() == original
 
 
