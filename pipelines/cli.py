@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args):
+def load_spec(args):
+    """The pipeline of a command's ``add_pipeline_args`` arguments (file, --set, --workdir, --storage,
+    --tracking-uri): every subcommand that takes a pipeline loads it through here."""
     from pipelines.config import load_pipeline
 
     return load_pipeline(args.pipeline, args.overrides, workdir=args.workdir,
@@ -118,7 +120,7 @@ def _load(args):
 def cmd_run(args) -> int:
     from pipelines.runner import format_summary, run_pipeline
 
-    spec = _load(args)
+    spec = load_spec(args)
     report = run_pipeline(spec, only=args.only or None, from_=args.from_, to=args.to,
                           force=args.force, dry_run=args.dry_run, address=args.address)
     if args.dry_run:
@@ -155,7 +157,7 @@ def cmd_run(args) -> int:
 def cmd_status(args) -> int:
     from pipelines.runner import stage_status
 
-    spec = _load(args)
+    spec = load_spec(args)
     rows = stage_status(spec)
     cols = ["stage", "kind", "state", "key", "last_run", "mlflow_run_id", "why"]
     table = [cols] + [[str(r[c]) for c in cols] for r in rows]

@@ -77,13 +77,12 @@ def add_commands(sub, cli) -> None:
 
 
 def cmd_verify(args) -> int:
-    from pipelines.config import load_pipeline
+    from pipelines.cli import load_spec
     from pipelines.dag import plan
     from pipelines.storage import Storage
     from pipelines.typed import ConfigError
 
-    spec = load_pipeline(args.pipeline, args.overrides, workdir=args.workdir, tracking_uri=args.tracking_uri,
-                         storage=args.storage)
+    spec = load_spec(args)
     unknown = [s for s in args.stage if s not in spec.stages]
     if unknown:
         raise ConfigError(f"{spec.path}: no stage named {unknown[0]!r} (stages: {', '.join(spec.stages)})")

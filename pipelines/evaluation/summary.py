@@ -58,11 +58,11 @@ def add_commands(sub, cli) -> None:
 
 
 def cmd_report(args) -> int:
+    from pipelines.cli import load_spec
     from pipelines.config import load_pipeline
     from pipelines.evaluation.tables import compare_table
 
-    spec = load_pipeline(args.pipeline, args.overrides, workdir=args.workdir, tracking_uri=args.tracking_uri,
-                         storage=args.storage)
+    spec = load_spec(args)
     if not args.compare and not args.compare_set:
         text = evaluation_summary(spec, args.stage or None)
         if not text:

@@ -184,10 +184,9 @@ def cmd_sync_metrics(args) -> int:
 
     from mlflow.tracking import MlflowClient
 
-    from pipelines.config import load_pipeline
+    from pipelines.cli import load_spec
 
-    spec = load_pipeline(args.pipeline, args.overrides, workdir=args.workdir, tracking_uri=args.tracking_uri,
-                         storage=args.storage)
+    spec = load_spec(args)
     found = unsent_outputs(spec, args.stage)
     if not found:
         print("omniway sync-metrics: no stage output keeps unsent metrics")
