@@ -59,13 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_selection_args(run)
     run.add_argument("--address", default=None,
                      help="Ray cluster to run on (default: $RAY_ADDRESS, else an embedded local Ray)")
+    run.add_argument("--verbose", action="store_true",
+                     help="also print what Ray, Ray Train, Ray Data and DeepSpeed say (by default it goes to "
+                          "Ray's log folder only, which the summary names)")
     run.set_defaults(handler=cmd_run)
+
+    ui = sub.add_parser("ui", help="start the MLflow UI on the pipeline's tracking store (127.0.0.1)")
+    add_pipeline_args(ui)
+    ui.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default: 5000)")
+    ui.set_defaults(handler=cmd_ui)
 
     status = sub.add_parser("status", help="state, key, last run and MLflow run of each stage")
     add_pipeline_args(status)
     status.set_defaults(handler=cmd_status)
 
     stages = sub.add_parser("stages", help="registered stage kinds with their config fields")
+    stages.add_argument("kind", nargs="?", default=None,
+                        help="show this kind in full: every field's whole description, nested settings expanded")
     stages.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="also import MODULE, which registers more stage kinds (repeatable)")
     stages.set_defaults(handler=cmd_stages)
@@ -122,7 +132,8 @@ def cmd_run(args) -> int:
 
     spec = load_spec(args)
     report = run_pipeline(spec, only=args.only or None, from_=args.from_, to=args.to,
-                          force=args.force, dry_run=args.dry_run, address=args.address)
+                          force=args.force, dry_run=args.dry_run, address=args.address,
+                          verbose=args.verbose)
     if args.dry_run:
         return 0
     print()
@@ -143,15 +154,55 @@ def cmd_run(args) -> int:
             print(f"\nomniway: {n} logged lines of stage {name!r} did not reach MLflow; its output keeps them "
                   f"({UNSENT_FILE}): `omniway sync-metrics {args.pipeline} --stage {name}` sends them")
     if report.tracking_uri and report.parent_run_id:
-        print(f"\nMLflow: mlflow ui --backend-store-uri {report.tracking_uri}"
-              f"   (run {report.parent_run_id})")
+        from pipelines.tracking import runs_url, ui_command
+
+        port = 5000
+        print(f"\nMLflow: {ui_command(report.tracking_uri, port) or 'the tracking server ' + report.tracking_uri}"
+              f"\n  (or `omniway ui {args.pipeline}`), then open {runs_url(report.tracking_uri, report.experiment_id, port)}"
+              f"\n  run {report.parent_run_id} is this run; its stages are its child runs (expand it)")
+    if report.ray_logs:
+        print(f"\nRay's logs (all that Ray, Ray Train, Ray Data and DeepSpeed printed; `--verbose` shows it "
+              f"here): {report.ray_logs}")
     for r in report.results.values():
         if r.state != "failed":
             continue
+        where = f" and Ray's logs in {report.ray_logs} the worker's traceback" if report.ray_logs else ""
         print(f"\nomniway: stage {r.name!r} failed: {r.error}\n"
-              f"  Its MLflow run {r.run_id} holds the error; fix the cause and rerun: cached stages "
+              f"  Its MLflow run {r.run_id} holds the error{where}; fix the cause and rerun: cached stages "
               f"are kept and only {r.name!r} and what depends on it run again.", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+def cmd_ui(args) -> int:
+    """`omniway ui PIPELINE`: the MLflow UI over the pipeline's tracking store, on 127.0.0.1."""
+    import shlex
+    import subprocess
+
+    from pipelines.tracking import latest_pipeline_run, runs_url, ui_argv
+
+    spec = load_spec(args)
+    uri = spec.tracking_uri
+    argv = ui_argv(uri, args.port)
+    if argv is None:  # a tracking server: it is its own UI
+        print(f"omniway ui: {uri} is a tracking server; open {runs_url(uri, None, args.port)}")
+        return 0
+    db = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else None
+    if db is not None and not os.path.exists(db):
+        print(f"omniway ui: no MLflow store at {db} yet: `omniway run {args.pipeline}` creates it", file=sys.stderr)
+        return 1
+    run = latest_pipeline_run(uri, spec.experiment)
+    print(f"omniway ui: {shlex.join(argv)}")
+    if run is None:
+        print(f"  no run of pipeline {spec.name!r} in this store yet")
+    else:
+        print(f"  open {runs_url(uri, run['experiment_id'], args.port)}\n"
+              f"  newest run: {run['name']} ({run['run_id']}, {run['status']}); expand it for its stages"
+              f"\n  or straight to it: {runs_url(uri, run['experiment_id'], args.port, run['run_id'])}")
+    sys.stdout.flush()
+    try:
+        return subprocess.call(argv)
+    except KeyboardInterrupt:
+        return 0
 
 
 def cmd_status(args) -> int:
@@ -173,13 +224,50 @@ def cmd_stages(args) -> int:
     from pipelines.typed import describe_fields
 
     load_modules(tuple(args.plugin))
-    if not all_kinds():
+    kinds = all_kinds()
+    if not kinds:
         print("no stage kinds are registered")
-    for kind in all_kinds().values():
+    if args.kind is not None:
+        if args.kind not in kinds:
+            print(f"omniway stages: no stage kind {args.kind!r} (registered: {', '.join(sorted(kinds))})",
+                  file=sys.stderr)
+            return 2
+        kind = kinds[args.kind]
+        print(f"{kind.name}  (version {kind.version}, num_cpus {kind.num_cpus:g})  {kind.description}")
+        _print_fields(kind.config, "    ")
+        return 0
+    for kind in kinds.values():
         print(f"{kind.name}  (version {kind.version}, num_cpus {kind.num_cpus:g})  {kind.description}")
         for name, tp, default, doc in describe_fields(kind.config):
+            if len(default) > 60:  # a nested settings block: `omniway stages KIND` lists it
+                default = default[:56] + " ...}" if default.startswith("{") else default[:57] + "..."
             print(f"    {name}: {tp} = {default}" + (f"  -- {doc}" if doc else ""))
+    if kinds:
+        print("\n`omniway stages KIND` shows one kind in full.")
     return 0
+
+
+def _print_fields(cls, indent: str) -> None:
+    """Every field of config dataclass ``cls`` with its whole ``Args:`` entry; a field that is itself a
+    config dataclass (or a list of one) is listed below it, indented."""
+    import dataclasses
+    import textwrap
+    import typing
+
+    from pipelines.typed import describe_fields
+
+    hints = typing.get_type_hints(cls)
+    for name, tp, default, doc in describe_fields(cls, full=True):
+        inner = hints[name]
+        for arg in typing.get_args(inner) or ():
+            if dataclasses.is_dataclass(arg):
+                inner = arg
+        nested = dataclasses.is_dataclass(inner)
+        print(f"{indent}{name}: {tp}" + ("" if nested and default.startswith("{") else f" = {default}"))
+        if doc:
+            print(textwrap.fill(doc, width=110, initial_indent=indent + "    ", subsequent_indent=indent + "    "))
+        if nested:
+            _print_fields(inner, indent + "    ")
 
 
 def cmd_export(args) -> int:

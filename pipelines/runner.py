@@ -39,6 +39,8 @@ class RunReport:
     results: dict[str, StageResult]
     parent_run_id: str | None = None
     tracking_uri: str | None = None
+    experiment_id: str | None = None
+    ray_logs: str | None = None  # the Ray session's logs folder (what the quiet console left out)
 
     @property
     def ok(self) -> bool:
@@ -54,10 +56,16 @@ def _now() -> str:
 
 
 def _short(metrics: dict, limit: int = 4) -> str:
-    parts = []
-    for k, v in list(metrics.items())[:limit]:
-        parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
-    return " ".join(parts)
+    """A stage's key metrics for its end line and the summary: `loss` first, then top-level figures
+    before nested ones (`contrast/audio_text/...`), at most ``limit``; counts print as integers."""
+    def value(v) -> str:
+        if isinstance(v, float) and v.is_integer() and abs(v) < 1e15:
+            return str(int(v))
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    items = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+    items.sort(key=lambda kv: (kv[0] != "loss", "/" in kv[0]))  # stable: the stage's order otherwise
+    return " ".join(f"{k}={value(v)}" for k, v in items[:limit])
 
 
 def format_plan(plans: dict[str, StagePlan]) -> str:
@@ -87,9 +95,10 @@ def _stage_task(*, plugins, pipeline, stage, kind, key, config_dict, inputs, sto
                          replace=replace)
 
 
-def connect_ray(spec: PipelineSpec, address: str | None = None) -> bool:
+def connect_ray(spec: PipelineSpec, address: str | None = None, verbose: bool = True) -> bool:
     """Attach to the cluster named by --address / RAY_ADDRESS / the pipeline, or
-    start an embedded local one. Returns True when this call started Ray."""
+    start an embedded local one. Returns True when this call started Ray. Not ``verbose``: the
+    console gets omniway's lines of the workers' output only (pipelines/ray_logging.py)."""
     import ray
 
     if ray.is_initialized():
@@ -102,6 +111,10 @@ def connect_ray(spec: PipelineSpec, address: str | None = None) -> bool:
         ray.init(num_cpus=spec.ray.num_cpus, num_gpus=spec.ray.num_gpus,
                  include_dashboard=spec.ray.dashboard, dashboard_host="127.0.0.1",
                  log_to_driver=True, runtime_env=runtime_env)
+    if not verbose:
+        from pipelines.ray_logging import quiet_console
+
+        quiet_console()
     return True
 
 
@@ -151,7 +164,9 @@ def _error_text(exc: BaseException) -> str:
 
 def run_pipeline(spec: PipelineSpec, *, only: list[str] | None = None, from_: str | None = None,
                  to: str | None = None, force: bool = False, dry_run: bool = False,
-                 address: str | None = None, echo=print) -> RunReport:
+                 address: str | None = None, echo=print, verbose: bool = True) -> RunReport:
+    """Plan, then run what is stale. ``verbose`` False (`omniway run` without --verbose): the console
+    shows omniway's lines only, Ray's own output stays in its logs folder (``report.ray_logs``)."""
     storage = Storage(spec.storage)
     selected = select(spec, only, from_, to)
     plans = plan(spec, storage, selected, force)
@@ -172,18 +187,37 @@ def run_pipeline(spec: PipelineSpec, *, only: list[str] | None = None, from_: st
         echo("omniway: every selected stage is up to date; nothing to run")
         return report
 
+    from pipelines.ray_logging import DriverLog
+
+    driver_log = DriverLog()  # what the driver's ray / mlflow loggers say off the console
+    if not verbose:
+        driver_log.install()
+    try:
+        _run(spec, storage, plans, results, report, only, from_, to, force, address, echo, verbose, driver_log)
+    finally:
+        driver_log.uninstall()
+    return report
+
+
+def _run(spec, storage, plans, results, report, only, from_, to, force, address, echo, verbose, driver_log):
+    """The tracked part of `run_pipeline`: the parent MLflow run, Ray, the stages."""
+    from pipelines.ray_logging import ray_logs_dir
     from pipelines.tracking import PipelineTracker
 
     run_name = f"{spec.name}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     tracker = PipelineTracker(spec.tracking_uri, spec.experiment, run_name)
     report.parent_run_id = tracker.parent_id
+    report.experiment_id = tracker.experiment_id
     tracker.log_pipeline(spec.resolved_yaml(), {
         "pipeline": spec.name, "selection.only": ",".join(only or []), "selection.from": from_ or "",
         "selection.to": to or "", "selection.force": force})
     echo(f"omniway: MLflow run {tracker.parent_id} ({spec.tracking_uri})")
     started_ray = False
     try:
-        started_ray = connect_ray(spec, address)
+        started_ray = connect_ray(spec, address, verbose=verbose)
+        report.ray_logs = ray_logs_dir()
+        if report.ray_logs:
+            driver_log.write_to(report.ray_logs)
         _execute(spec, storage, plans, results, tracker, echo)
     except KeyboardInterrupt:
         tracker.finish(False)
@@ -194,7 +228,6 @@ def run_pipeline(spec: PipelineSpec, *, only: list[str] | None = None, from_: st
 
             ray.shutdown()
     tracker.finish(report.ok)
-    return report
 
 
 def _execute(spec, storage, plans, results, tracker, echo) -> None:
@@ -283,7 +316,8 @@ def _execute(spec, storage, plans, results, tracker, echo) -> None:
             tracker.finish_stage(run_id, manifest)
             results[name] = StageResult(name, "ran", key, duration, run_id,
                                         metrics=manifest.get("metrics", {}))
-            echo(f"[{_now()}] + {name} done in {duration:.1f}s {_short(manifest.get('metrics', {}))}")
+            echo(f"[{_now()}] + {name} done in {duration:.1f}s  {_short(manifest.get('metrics', {}))}"
+                 f"  (MLflow run {run_id})")
 
 
 def _any_ready(spec, waiting, manifests) -> bool:

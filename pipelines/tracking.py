@@ -21,6 +21,11 @@ TAG_CACHE_HIT = "omniway.cache_hit"
 TAG_SOURCE_RUN = "omniway.source_run_id"
 TAG_PIPELINE = "omniway.pipeline"
 TAG_ERROR = "omniway.error"
+# What MLflow's UI (3.x) opens an experiment on: the runs table for model training, the GenAI overview
+# (traces) otherwise. omniway's experiments are model training.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+UI_HOST = "127.0.0.1"
 
 
 # MLflow's log_batch takes at most 1000 metrics per call.
@@ -66,6 +71,62 @@ def metric_name(key: str) -> str:
     through here so the same metric has the same name in every run."""
     key = key.replace("@", "_at_")
     return re.sub(r"[^\w\-. :/]", "_", key)
+
+
+def _is_server(tracking_uri: str) -> bool:
+    return tracking_uri.startswith(("http://", "https://"))
+
+
+def runs_url(tracking_uri: str, experiment_id: str | None, port: int = 5000, run_id: str | None = None) -> str:
+    """The MLflow UI page of an experiment's runs (of one run, with ``run_id``): on the tracking server
+    itself, or on the `mlflow ui` of ``ui_argv`` (127.0.0.1:``port``) for a local store."""
+    base = tracking_uri.rstrip("/") if _is_server(tracking_uri) else f"http://{UI_HOST}:{port}"
+    if experiment_id is None:
+        return f"{base}/#/experiments"
+    # MLflow 3.17 opens an experiment on the workflow the URL names (else the one last chosen, GenAI at first)
+    return (f"{base}/#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+            + "?workflowType=machine_learning")
+
+
+def ui_argv(tracking_uri: str, port: int = 5000) -> list[str] | None:
+    """The command that serves the MLflow UI over a local store on 127.0.0.1:``port`` (None for a tracking
+    server: it is its own UI). The `mlflow` next to this Python, so it is the MLflow omniway logs with."""
+    if _is_server(tracking_uri):
+        return None
+    import shutil
+    import sys
+
+    exe = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    head = [exe] if os.access(exe, os.X_OK) else ([shutil.which("mlflow")] if shutil.which("mlflow")
+                                                   else [sys.executable, "-m", "mlflow"])
+    # one worker: a UI for one person, up in a quarter of the time of the default four on a small machine
+    return head + ["ui", "--backend-store-uri", tracking_uri, "--host", UI_HOST, "--port", str(port),
+                   "--workers", "1"]
+
+
+def ui_command(tracking_uri: str, port: int = 5000) -> str | None:
+    """``ui_argv`` as a person types it (`mlflow ui ...`), or None for a tracking server."""
+    import shlex
+
+    argv = ui_argv(tracking_uri, port)
+    return None if argv is None else shlex.join(["mlflow"] + argv[argv.index("ui"):])
+
+
+def latest_pipeline_run(tracking_uri: str, experiment: str) -> dict | None:
+    """The newest parent run of the pipeline's experiment: {run_id, name, status, experiment_id}, or None."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_PIPELINE}` = '{experiment}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        return None
+    info = runs[0].info
+    return {"run_id": info.run_id, "name": info.run_name, "status": info.status,
+            "experiment_id": exp.experiment_id}
 
 
 def _artifact_root(tracking_uri: str) -> str | None:
@@ -136,11 +197,14 @@ class PipelineTracker:
         if exp is None:
             try:
                 self.experiment_id = self.client.create_experiment(
-                    experiment, artifact_location=_artifact_root(tracking_uri))
+                    experiment, artifact_location=_artifact_root(tracking_uri),
+                    tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
             except Exception:  # created concurrently by another run
                 self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
         else:
             self.experiment_id = exp.experiment_id
+            if TAG_EXPERIMENT_KIND not in exp.tags:  # made before omniway marked its experiments
+                self.client.set_experiment_tag(self.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
         self.parent = self.client.create_run(
             self.experiment_id, run_name=run_name, tags={TAG_PIPELINE: experiment})
         self.parent_id = self.parent.info.run_id

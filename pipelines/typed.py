@@ -32,14 +32,15 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 _ENTRY = re.compile(r"^(?P<names>[A-Za-z_][\w ,/]*?):\s*(?P<doc>.*)$")
 
 
-def field_docs(cls: type) -> dict[str, str]:
-    """Field name -> the first line of its entry in the class docstring's ``Args:`` section.
+def field_docs(cls: type, full: bool = False) -> dict[str, str]:
+    """Field name -> the first line of its entry in the class docstring's ``Args:`` section (``full``: the
+    whole entry, its continuation lines joined by spaces).
 
     An entry may document several fields at once (``text / image / audio: per-modality limits``)."""
     doc = cls.__doc__ or ""
     lines = doc.expandtabs().splitlines()
     out: dict[str, str] = {}
-    in_args, indent = False, None
+    in_args, indent, current = False, None, []
     for line in lines:
         stripped = line.strip()
         if not in_args:
@@ -49,7 +50,8 @@ def field_docs(cls: type) -> dict[str, str]:
                 if rest:  # "Args: name: text" on the docstring's first line
                     m = _ENTRY.match(rest)
                     if m:
-                        for name in re.split(r"[ ,/]+", m["names"].strip()):
+                        current = re.split(r"[ ,/]+", m["names"].strip())
+                        for name in current:
                             out[name] = m["doc"].strip()
                         indent = None
             continue
@@ -61,18 +63,23 @@ def field_docs(cls: type) -> dict[str, str]:
         if level < indent:  # the section ended (Raises:, prose...)
             break
         if level > indent:  # a continuation line
+            if full:
+                for name in current:
+                    out[name] = f"{out[name]} {stripped}".strip()
             continue
         m = _ENTRY.match(stripped)
         if m:
-            for name in re.split(r"[ ,/]+", m["names"].strip()):
+            current = re.split(r"[ ,/]+", m["names"].strip())
+            for name in current:
                 out[name] = m["doc"].strip()
     return out
 
 
-def describe_fields(cls: type) -> list[tuple[str, str, str, str]]:
-    """(name, type, default, first line of its ``Args:`` entry) rows for ``omniway stages``."""
+def describe_fields(cls: type, full: bool = False) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, first line of its ``Args:`` entry; ``full``: the whole entry) rows for
+    ``omniway stages``."""
     hints = typing.get_type_hints(cls)
-    docs = field_docs(cls)
+    docs = field_docs(cls, full)
     rows = []
     for f in dataclasses.fields(cls):
         if not f.init:

@@ -107,11 +107,15 @@ def _export(task, engine, out_dir: str, rank: int) -> None:
 def train_loop(config: dict) -> None:
     """Ray Train worker function. ``config``: ``task`` (a ``TrainTask``), ``train`` (``TrainConfig``),
     ``tracking_uri`` and ``run_id`` (MLflow; rank 0 logs there)."""
+    task, train = config["task"], config["train"]
+    if not train.use_gpu:
+        # the loop runs on the CPU: tell DeepSpeed so, rather than have it look for a GPU and warn that it
+        # fell back to the CPU (a user's own DS_ACCELERATOR wins)
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed  # noqa: F401 - imported in the worker, never in the driver
     import ray.train
     import torch
 
-    task, train = config["task"], config["train"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if train.use_gpu:
@@ -156,6 +160,8 @@ def train_loop(config: dict) -> None:
     peak = train.peak_flops_per_worker or _measure_peak_flops(
         device, torch.bfloat16 if bf16 and device.type == "cuda" else torch.float32)
 
+    if logger is not None:
+        logger.begin(state["step"])  # the progress lines' ETA counts from here
     clip, own_norm = loop_clips(train, world), None  # see engine.loop_clips
     window = {"wait": 0.0, "time": 0.0, "samples": 0.0, "tokens": 0.0, "flops": 0.0, "n": 0}
     sums: dict = {}  # loss parts (device tensors) and mix counts (floats), summed over the window

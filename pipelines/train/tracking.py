@@ -28,8 +28,8 @@ class RunLogger:
             from pipelines.train.metrics_sender import MetricsSender
 
             self.sender = MetricsSender(tracking_uri, run_id, spool_dir or tempfile.mkdtemp(prefix="omniway-spool-"))
-        self.started = time.time()
-        self.first_step: int | None = None
+        self.begin(0)
+        self.first_line: tuple[int, float] | None = None  # (step, time) of the first progress line
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         from pipelines.tracking import metric_values
@@ -51,17 +51,26 @@ class RunLogger:
         self.sender = None
         return left
 
+    def begin(self, step: int) -> None:
+        """The loop starts stepping at ``step`` (0, or where a resumed run goes on) now."""
+        self.start = (step, time.time())
+
+    def eta_s(self, step: int, now: float | None = None) -> float:
+        """Seconds left until ``total_steps``: from the first progress line on, at the pace since that line
+        (warm-up, compilation and the first batches are behind it); on the first line, at the pace since
+        ``begin`` (which includes them, so it errs long)."""
+        now = time.time() if now is None else now
+        since_step, since = self.first_line if self.first_line and step > self.first_line[0] else self.start
+        rate = (step - since_step) / max(now - since, 1e-9)  # steps per second
+        return max(self.total - step, 0) / rate if rate > 0 else 0.0
+
     def progress(self, step: int, metrics: dict[str, float]) -> None:
-        if self.first_step is None:
-            self.first_step, self.started = step, time.time()
-            eta = float("nan")
-        else:
-            rate = (step - self.first_step) / max(time.time() - self.started, 1e-9)
-            eta = (self.total - step) / max(rate, 1e-9)
+        now = time.time()
+        line = progress_line(step, self.total, metrics, self.eta_s(step, now))
+        if self.first_line is None:
+            self.first_line = (step, now)
         # straight to stdout: Ray Train patches print() to also log, and the line showed twice
-        sys.stdout.write(f"[train] step {step}/{self.total} loss {metrics.get('loss', float('nan')):.4f} "
-                         f"lr {metrics.get('lr', 0):.2e} tokens/s {metrics.get('tokens_per_s', 0):.0f} "
-                         f"data_wait {metrics.get('data_wait_share', 0):.2f} eta {eta:.0f}s\n")
+        sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
     def table(self, columns: dict[str, list], artifact_file: str) -> None:
@@ -72,6 +81,20 @@ class RunLogger:
     def artifact(self, path: str) -> None:
         if self.sender:
             self.sender.artifact(path)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else (
+        f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s")
+
+
+def progress_line(step: int, total: int, metrics: dict[str, float], eta_s: float) -> str:
+    """`[train] step 40/300  loss 2.3151  lr 2.9e-04  tokens/s 1250  data wait 3%  eta 2m10s`."""
+    loss = metrics.get("loss")
+    return (f"[train] step {step}/{total}  loss {'-' if loss is None else format(loss, '.4f')}  "
+            f"lr {metrics.get('lr', 0.0):.1e}  tokens/s {metrics.get('tokens_per_s', 0.0):.0f}  "
+            f"data wait {100 * metrics.get('data_wait_share', 0.0):.0f}%  eta {_duration(eta_s)}")
 
 
 def loss_curve_png(history: list[list[float]], path: str) -> str | None:

@@ -22,8 +22,9 @@ def plan_units(corpus, split: str) -> list[dict]:
     return units
 
 
-def decode_units(batch: dict, *, storage_uri: str, resolution: int) -> dict:
-    """Ray Data batch of units {"path", "row_group"} -> {"pixels": (n, 3, R, R) uint8}."""
+def decode_units(batch: dict, *, storage_uri: str, resolution: int):
+    """Ray Data batch of units {"path", "row_group"} -> {"pixels": (n, 3, R, R) uint8} (a pyarrow table of
+    zero rows for units without images)."""
     import pyarrow.parquet as pq
 
     from pipelines.data.image import image_pixels
@@ -36,8 +37,14 @@ def decode_units(batch: dict, *, storage_uri: str, resolution: int) -> dict:
         with f:
             images = pq.ParquetFile(f).read_row_group(int(group), columns=["image"]).column("image")
         out += [image_pixels(b, resolution) for b in images.to_pylist() if b is not None]
-    R = resolution
-    return {"pixels": np.stack(out) if out else np.zeros((0, 3, R, R), np.uint8)}
+    if not out:
+        # a unit without images (text or audio rows only): zero rows, as a tensor column Ray Data can store;
+        # a (0, 3, R, R) array it cannot convert to Arrow, and it would pickle the whole column instead
+        import pyarrow as pa
+        from ray.data.extensions import ArrowTensorArray
+
+        return pa.table({"pixels": ArrowTensorArray.from_numpy(np.zeros((0, 3, resolution, resolution), np.uint8))})
+    return {"pixels": np.stack(out)}  # (n, 3, R, R) uint8
 
 
 def image_dataset(corpus, split: str, resolution: int, limit: int = 0, shuffle_seed: int | None = None,

@@ -59,7 +59,8 @@ class VQKDTask(TrainTask):
     def collate(self, stream: str, batch: dict):
         import torch
 
-        return torch.from_numpy(batch["pixels"])  # (B, 3, R, R) uint8
+        # a copy: Ray Data's batch is a read-only view of Arrow memory, which torch.from_numpy would share
+        return torch.tensor(batch["pixels"])  # (B, 3, R, R) uint8
 
     def prepare(self, batch: dict[str, Any], *, step: int, rank: int, device, dtype):
         from model.pixels import to_float_pixels
