@@ -104,18 +104,20 @@ class ContrastiveHead(nn.Module):
 
 
 class ITMHead(nn.Module):
-    """Image-text matching: does the pair match? Pooler (dense + tanh) then a 2-way classifier.
+    """Image-text matching: does the pair match? Pooler (dense + tanh) then a 2-way classifier (or
+    ``classes``-way: OPT's five match states of an image-text-audio triplet).
 
     Args:
         dim: model width.
+        classes: classifier outputs (2: no match / match).
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, classes: int = 2):
         super().__init__()
         self.pooler = nn.Linear(dim, dim)
-        self.classifier = nn.Linear(dim, 2)
+        self.classifier = nn.Linear(dim, classes)
 
-    def forward(self, pooled: torch.Tensor) -> torch.Tensor:  # (B, C) -> (B, 2)
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:  # (B, C) -> (B, classes)
         return self.classifier(torch.tanh(self.pooler(pooled)))
 
 

@@ -6,7 +6,7 @@ Public API::
 
     from tasks import PretrainModel, get_recipe, RECIPES, GROUPS, Collator, BatchSpec
 
-    recipe = get_recipe("omni")                          # presets: beit3, one-peace, omni
+    recipe = get_recipe("omni")                          # presets: beit3, one-peace, opt, omni
     model = PretrainModel(ModelConfig.from_size("debug"), recipe, mim_target="pixels")
     collator = Collator(BatchSpec(...), recipe)
     t = collator.add_masks("image_text", collator.collate("image_text", numpy_rows), generator)
@@ -14,10 +14,12 @@ Public API::
 
 Modules:
     masking     random_token_mask, block_mask (BEiT block-wise), span_mask (1-D audio blocks)
+    augment     sample_seeds, augment_images (random resized crop, flip, colour jitter per sample seed)
     losses      gather_with_grad, contrastive_loss, token_infonce
     objectives  MaskedLanguageModeling, MaskedImageModeling, MaskedAudioModeling, CrossModalContrast,
                 DenoisingContrast -- each an nn.Module owning its head, returning {"loss", parts}
-    recipes     Recipe, RECIPES, get_recipe, GROUPS, group_of, group_batch_sizes
+    matching    MatchClassification (ITMHead), hard_negatives, draw_matching, TRIPLET_STATES (OPT's sample level)
+    recipes     Recipe, ImageAugment, RECIPES, get_recipe, GROUPS, group_of, group_batch_sizes
     batching    BatchSpec, Collator (shard rows -> tensors, masks from an explicit generator)
     pretrain    PretrainModel (backbone + heads, routes each group to its objectives)
     metrics     recall_at_k, retrieval_metrics (pretraining validation, on tasks.retrieval's ranks)

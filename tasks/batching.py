@@ -16,8 +16,13 @@ import torch.nn.functional as F
 
 from model.pixels import normalize_pixels_, to_unit_pixels
 
+from .augment import augment_images
 from .masking import block_mask, random_token_mask, span_mask
+from .matching import draw_matching
 from .recipes import GROUPS, Recipe
+
+# modality-level task on triplets: the modalities kept beside the fully masked text, one variant per step
+TRIPLET_KEEP = (("image", "audio"), ("image",), ("audio",))
 
 
 @dataclass
@@ -81,16 +86,21 @@ class Collator:
         self.spec, self.recipe = spec, recipe
 
     # -- decoding --------------------------------------------------------------------------------------
-    def collate(self, group: str, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        """numpy columns of B rows of ``group`` -> tensors (see the module docstring)."""
+    def collate(self, group: str, batch: dict[str, np.ndarray],
+                augment_seeds: list[int] | None = None) -> dict[str, torch.Tensor]:
+        """numpy columns of B rows of ``group`` -> tensors (see the module docstring).
+
+        ``augment_seeds``: one seed per row (``tasks.augment.sample_seeds``) to augment the images with the
+        recipe's ``augment`` settings (training only). The shards' visual tokens describe the stored image,
+        not the augmented view, so they are left out then: the caller tokenizes the view."""
         mods = GROUPS[group]
         out: dict[str, torch.Tensor] = {}
         if "text" in mods:
             out.update(self._text(batch["text_ids"]))
         if "image" in mods:
-            out["pixels"] = self._pixels(batch["pixels"])
+            out["pixels"] = self._pixels(batch["pixels"], augment_seeds)
             codes = batch.get("image_tokens")
-            if codes is not None and all(c is not None for c in codes):
+            if augment_seeds is None and codes is not None and all(c is not None for c in codes):
                 out["image_tokens"] = torch.from_numpy(np.stack([np.asarray(c, np.int64) for c in codes]))
         if "audio" in mods:
             out.update(self._audio(batch["fbank"], batch["fbank_frames"]))
@@ -107,11 +117,13 @@ class Collator:
         pad = torch.arange(L)[None, :] >= torch.tensor([len(x) for x in seqs])[:, None]  # (B, L)
         return {"text_ids": ids_t, "text_padding_mask": pad}
 
-    def _pixels(self, column) -> torch.Tensor:
+    def _pixels(self, column, augment_seeds: list[int] | None = None) -> torch.Tensor:
         s = self.spec
         R = s.shard_resolution
         arr = np.stack([np.frombuffer(b, dtype=np.uint8).reshape(3, R, R) for b in column])  # (B, 3, R, R)
         x = to_unit_pixels(torch.from_numpy(arr))  # (B, 3, R, R) in [0, 1]
+        if augment_seeds is not None:  # crop, flip, jitter; the crop is resized to the model's size
+            return normalize_pixels_(augment_images(x, augment_seeds, self.recipe.augment, s.image_size))
         if R != s.image_size:
             x = F.interpolate(x, size=(s.image_size, s.image_size), mode="bilinear", antialias=True,
                               align_corners=False)
@@ -135,13 +147,32 @@ class Collator:
                 "fbank_frames": torch.tensor([len(f) for f in feats], dtype=torch.long)}  # (B,)
 
     # -- masks -----------------------------------------------------------------------------------------
-    def add_masks(self, group: str, t: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def add_masks(self, group: str, t: dict[str, torch.Tensor], generator: torch.Generator,
+                  shared: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """Add ``text_mask`` (B, L), ``pixel_mask`` (B, N) and ``fbank_mask`` (B, N_audio) for the group's
-        modalities; joint ratios apply when the sample has more than one modality."""
+        modalities; joint ratios apply when the sample has more than one modality. For the recipe's
+        modality-level task (groups with text and more): ``modality_rows`` (k,) the rows whose text is
+        reconstructed and ``modality_keep`` (1,) the index of the modalities kept (``TRIPLET_KEEP`` for
+        triplets); for matching, ``tasks.matching.draw_matching``'s draws.
+
+        ``shared``: a generator drawing the same on every rank (defaults to ``generator``): what decides
+        which passes run (the kept modalities) must not differ between ranks, which run one code path."""
         s, r = self.spec, self.recipe
         mods = GROUPS[group]
         joint = len(mods) > 1
         t = dict(t)
+        B = next(iter(t.values())).shape[0]
+        if r.uses("modality") and "text" in mods and joint and r.modality_prob > 0:
+            k = min(B, max(1, round(r.modality_prob * B)))  # the same k on every rank: same B everywhere
+            rows = torch.randperm(B, generator=generator)[:k].sort().values
+            ids = t["text_ids"][rows]
+            t["modality_rows"] = rows  # (k,)
+            # the whole text of those rows is masked: every token but padding, bos and eos
+            t["modality_mask"] = ~t["text_padding_mask"][rows] & (ids != s.bos_id) & (ids != s.eos_id)  # (k, L)
+            variants = len(TRIPLET_KEEP) if len(mods) == 3 else 1
+            t["modality_keep"] = torch.randint(0, variants, (1,), generator=shared or generator)
+        if r.uses("match") and joint:
+            t.update(draw_matching(B, len(mods) == 3, generator))
         if "text" in mods:
             ids = t["text_ids"]
             valid = ~t["text_padding_mask"] & (ids != s.bos_id) & (ids != s.eos_id)

@@ -11,6 +11,10 @@ Per group (``recipes.GROUPS``):
   group's modalities feeds MLM, MIM, masked audio modeling and the denoising student;
 - teacher pass (denoise): the clean joint input under no-grad;
 - unimodal passes (contrast, groups of two or three modalities): each modality alone, CLS -> projection.
+- modality-level pass (modality, groups with text and more): the chosen rows' text wholly masked, with
+  the other modalities (triplets: both, or one dropped, per step), MLM head over the whole text (OPT);
+- matching pass (match, groups of two or three): pairs with hard negatives from the in-batch similarity,
+  triplets in OPT's five match states (``tasks.matching``), first token of the fused sequence -> ITMHead.
 Each objective's loss is averaged over the groups it applies to, then weighted by the recipe.
 """
 
@@ -21,9 +25,13 @@ from torch import nn
 
 from model import ModelConfig
 
+from .batching import TRIPLET_KEEP
+from .matching import IGNORE, MatchClassification, hard_negatives, same_rows, triplet_labels, triplet_sources
 from .objectives import (CrossModalContrast, DenoisingContrast, MaskedAudioModeling, MaskedImageModeling,
                          MaskedLanguageModeling)
 from .recipes import GROUPS, MODEL_MODALITY, Recipe
+
+_CONTENT = {"text": "text_ids", "image": "pixels", "audio": "fbank"}  # what says two rows hold the same thing
 
 _INPUT_KEYS = {"text": ("text_ids", "text_padding_mask"), "image": ("pixels",), "audio": ("fbank", "fbank_frames")}
 
@@ -58,7 +66,8 @@ class PretrainModel(nn.Module):
         self.backbone = config.build()
         dim = config.dim
         # heads only for the objectives the recipe runs: no idle parameters in the optimizer
-        if recipe.uses("mlm") and "text" in config.modalities:  # the head reads the text embedding
+        # the modality-level task reconstructs text through the MLM head too
+        if (recipe.uses("mlm") or recipe.uses("modality")) and "text" in config.modalities:  # reads the text embedding
             self.mlm = MaskedLanguageModeling(dim, config.text.vocab_size, embedding=self.backbone.text_embedding)
         if recipe.uses("mim"):
             self.mim = MaskedImageModeling(dim, mim_target, codebook_size, config.vision.patch_size,
@@ -70,6 +79,10 @@ class PretrainModel(nn.Module):
             self.contrast = CrossModalContrast(dim, embed_dim or dim, tuple(config.modalities))
         if recipe.uses("denoise"):
             self.denoise = DenoisingContrast(recipe.denoise_temperature)
+        if recipe.uses("match"):
+            self.match = MatchClassification(dim, 2)  # pairs: match / no match
+            if {"vision", "text", "audio"} <= set(config.modalities):
+                self.triplet_match = MatchClassification(dim, 5)  # matching.TRIPLET_STATES
 
     def external_parameters(self) -> list[tuple[nn.Module, nn.Parameter]]:
         """(module, parameter) pairs ZeRO-3 must gather for ``module`` although ``module`` does not own the
@@ -128,11 +141,69 @@ class PretrainModel(nn.Module):
                     losses.append(w * d["loss"])
                     parts[mm] = d["loss"].detach()
                 res["denoise"] = {"loss": torch.stack(losses).sum(), **parts}
+        pooled = None
         if r.uses("contrast") and len(mods) > 1:
             pooled = {MODEL_MODALITY[m]: self.backbone(self._inputs(b, (m,))).pooled[MODEL_MODALITY[m]]
                       for m in mods}
             res["contrast"] = self.contrast(pooled)
+        if r.uses("modality") and "modality_rows" in b and hasattr(self, "mlm"):
+            res["modality"] = self._modality_level(b, mods)
+        if r.uses("match") and len(mods) == 2 and "match_u" in b:
+            res["match"] = self._pair_match(b, mods, pooled)
+        if r.uses("match") and len(mods) == 3 and "match_state" in b and hasattr(self, "triplet_match"):
+            res["match"] = self._triplet_match(b, mods)
         return res
+
+    # -- OPT's modality level, sample-level matching ----------------------------------------------------
+    def _modality_level(self, b: dict[str, torch.Tensor], mods) -> dict[str, torch.Tensor]:
+        """The chosen rows' whole text masked and reconstructed from the modalities kept beside it."""
+        rows, mask = b["modality_rows"], b["modality_mask"]  # (k,), (k, L)
+        keep = TRIPLET_KEEP[int(b["modality_keep"])] if len(mods) == 3 else tuple(m for m in mods if m != "text")
+        x = {k: v[rows] for k, v in self._inputs(b, ("text", *keep)).items()}
+        ids = x["text_ids"]  # (k, L)
+        x["text_ids"] = ids.masked_fill(mask, self.mask_id)
+        out = self.backbone(x)
+        return self.mlm(out.tokens["text"], ids, mask)
+
+    @torch.no_grad()
+    def _similarity(self, b: dict[str, torch.Tensor], mods, pooled) -> torch.Tensor:
+        """(B, B) in-batch similarity of the pair's first modality to its second: the contrast embeddings
+        when the recipe trains them, else normalised CLS features of no-grad unimodal passes."""
+        a, c = (MODEL_MODALITY[m] for m in mods)
+        if pooled is not None:
+            emb = self.contrast.embed({k: v.detach() for k, v in pooled.items()})
+        else:
+            emb = {MODEL_MODALITY[m]: self.embed(b, m) for m in mods}
+        return emb[a].float() @ emb[c].float().t()
+
+    def _fused_match(self, head: nn.Module, b: dict[str, torch.Tensor], sources: dict[str, torch.Tensor],
+                     labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One fused pass over sequences whose modality m comes from rows ``sources[m]`` -> match loss."""
+        x = {}
+        for m, idx in sources.items():
+            x.update({k: v[idx] for k, v in self._inputs(b, (m,)).items()})
+        out = self.backbone(x)
+        return head(out.hidden[:, 0], labels)  # first token of the fused sequence (B', C)
+
+    def _pair_match(self, b: dict[str, torch.Tensor], mods, pooled) -> dict[str, torch.Tensor]:
+        """B positives + B sequences with the second modality swapped + B with the first swapped."""
+        a, c = mods
+        sim = self._similarity(b, mods, pooled)  # (B, B)
+        B = sim.shape[0]
+        rows = torch.arange(B, device=sim.device)
+        eye = torch.eye(B, dtype=torch.bool, device=sim.device)
+        u = b["match_u"]  # (B, 2)
+        neg_c, ok_c = hard_negatives(sim, ~eye & ~same_rows(b[_CONTENT[c]]), u[:, 0])  # a partner for each a_i
+        neg_a, ok_a = hard_negatives(sim.t(), ~eye & ~same_rows(b[_CONTENT[a]]), u[:, 1])  # for each c_i
+        zeros = torch.zeros(B, dtype=torch.long, device=sim.device)
+        labels = torch.cat([zeros + 1, zeros.masked_fill(~ok_c, IGNORE), zeros.masked_fill(~ok_a, IGNORE)])
+        sources = {a: torch.cat([rows, rows, neg_a]), c: torch.cat([rows, neg_c, rows])}
+        return self._fused_match(self.match, b, sources, labels)
+
+    def _triplet_match(self, b: dict[str, torch.Tensor], mods) -> dict[str, torch.Tensor]:
+        sources = triplet_sources(b["match_state"], b["match_partner"])
+        labels = triplet_labels(b["match_state"], sources, b["text_ids"])
+        return self._fused_match(self.triplet_match, b, {m: sources[m] for m in mods}, labels)
 
     def forward(self, batch: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """batch: group -> tensors (groups in ``GROUPS`` order on every rank). Returns ``loss`` and detached

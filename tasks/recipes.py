@@ -23,7 +23,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
 # Data (corpus, shards, groups) calls the image modality "image", the model (ModelConfig.vision, its
 # adapters, experts and checkpoints, torchscale's layout) "vision": this is the one mapping between them.
 MODEL_MODALITY = {"image": "vision", "text": "text", "audio": "audio"}
-OBJECTIVES = ("mlm", "mim", "mam", "contrast", "denoise")
+OBJECTIVES = ("mlm", "mim", "mam", "contrast", "denoise", "modality", "match")
 
 
 def group_of(modalities) -> str | None:
@@ -36,12 +36,53 @@ def group_of(modalities) -> str | None:
 
 
 @dataclass
+class ImageAugment:
+    """Augmentation of training images (``tasks.augment``); validation and evaluation never augment.
+    Defaults: BEiT's pretraining transforms (the list BEiT-3 names), off unless enabled.
+
+    Args:
+        enabled: augment the training images. With visual tokens as the MIM target, the pretrain stage
+            then needs the visual-tokenizer stage as an input: the tokens of each augmented view are
+            computed in the training worker (BEiT v2), not read from the shards.
+        crop_scale: [min, max] area fraction of the random resized crop (BEiT: 0.08, 1.0).
+        crop_ratio: [min, max] aspect ratio (width / height) of the crop (BEiT: 3/4, 4/3).
+        hflip: probability of a horizontal flip (BEiT: 0.5).
+        brightness: colour jitter: brightness factor drawn from [1 - b, 1 + b] (BEiT: 0.4).
+        contrast: the same for contrast (BEiT: 0.4).
+        saturation: the same for saturation (BEiT: 0.4).
+    """
+
+    enabled: bool = False
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    hflip: float = 0.5
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+
+    def __post_init__(self) -> None:
+        for name, lo_min, hi_max in (("crop_scale", 0.0, 1.0), ("crop_ratio", 0.0, float("inf"))):
+            v = getattr(self, name)
+            if len(v) != 2 or not lo_min < v[0] <= v[1] <= hi_max:
+                raise ValueError(f"augment.{name}: expected [min, max] with {lo_min} < min <= max <= {hi_max}, "
+                                 f"got {v}")
+        if not 0.0 <= self.hflip <= 1.0:
+            raise ValueError(f"augment.hflip: a probability in [0, 1], got {self.hflip}")
+        for name in ("brightness", "contrast", "saturation"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"augment.{name}: must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
 class Recipe:
     """What pretraining learns.
 
     Args:
         weights: objective -> loss weight; objectives absent (or 0) do not run. Names: mlm, mim, mam
-            (masked audio), contrast (cross-modal), denoise (intra-modal denoising contrast).
+            (masked audio), contrast (cross-modal), denoise (intra-modal denoising contrast), modality
+            (OPT's modality level: text of pairs / triplets fully masked, other modalities possibly dropped,
+            the text reconstructed by the MLM head), match (sample level: image-text style matching of
+            pairs with hard negatives, OPT's 5-way match state of triplets).
         denoise_weights: per-modality factor of the denoising loss, by model modality name (`vision`,
             `text`, `audio`; ONE-PEACE: text 0.5, vision 1.0).
         text_mask: masked fraction of text in text-only samples (BEiT-3: 0.15).
@@ -52,6 +93,9 @@ class Recipe:
         audio_span: audio mask block length in patches (ONE-PEACE: 5).
         audio_contrast_weight: weight of OPT's contrastive term inside masked audio modeling.
         denoise_temperature: token InfoNCE temperature (ONE-PEACE: 0.4).
+        modality_prob: share of each pair / triplet batch that the modality-level task reconstructs
+            (at least one sample per group and step).
+        augment: training-image augmentation (``ImageAugment``).
         mix: group -> share of each step's samples (see GROUPS); groups the data lacks are dropped.
     """
 
@@ -65,6 +109,8 @@ class Recipe:
     audio_span: int = 5
     audio_contrast_weight: float = 0.1
     denoise_temperature: float = 0.4
+    modality_prob: float = 0.25
+    augment: ImageAugment = field(default_factory=ImageAugment)
     mix: dict[str, float] = field(default_factory=lambda: {"text": 1.0, "image": 1.0, "image_text": 1.0})
 
     def __post_init__(self) -> None:
@@ -78,6 +124,8 @@ class Recipe:
         if bad:
             raise ValueError(f"unknown denoise_weights modalities {sorted(bad)}; known (the model's names): "
                              f"{sorted(MODEL_MODALITY.values())}")
+        if not 0.0 <= self.modality_prob <= 1.0:
+            raise ValueError(f"modality_prob: a probability in [0, 1], got {self.modality_prob}")
         if not any(w > 0 for w in self.weights.values()):
             raise ValueError("a recipe needs at least one objective with a positive weight")
 
@@ -104,6 +152,10 @@ RECIPES: dict[str, Recipe] = {
     # Everything, over every kind of sample.
     "omni": Recipe(weights={"mlm": 1.0, "mim": 1.0, "mam": 1.0, "contrast": 1.0, "denoise": 0.5},
                    denoise_weights={"text": 0.5, "vision": 1.0, "audio": 1.0}, mix=dict(_ALL_MIX)),
+    # OPT's three levels: token (MLM, MIM, masked audio), modality (text reconstructed from the other
+    # modalities) and sample (matching), equal weights, over every kind of sample.
+    "opt": Recipe(weights={"mlm": 1.0, "mim": 1.0, "mam": 1.0, "modality": 1.0, "match": 1.0},
+                  mix=dict(_ALL_MIX)),
 }
 
 

@@ -8,6 +8,10 @@ What the inputs fix is not configured again: the image resolution comes from the
 from their text tokenizer, and with visual tokens as the MIM target the patch grid and the codebook
 from their visual tokenizer (filled in when the pipeline loads; a value given that contradicts them is a
 load-time error, and the stage checks them against the shards' manifest when it runs).
+
+Inputs: one `shards` stage; and the `visual-tokenizer` stage the shards were tokenized with when the
+recipe augments images (`recipe_overrides.augment.enabled`) and the MIM target is visual tokens: the
+stored tokens describe the stored image, so the worker tokenizes each augmented view itself (BEiT v2).
 """
 
 from __future__ import annotations
@@ -32,8 +36,10 @@ class PretrainConfig:
             when the pipeline loads. The text vocabulary comes from the shards' text tokenizer, activation
             checkpointing from `train.activation_checkpointing`.
         recipe: objective preset (tasks.RECIPES): `beit3` (masked data modeling), `one-peace` (contrast +
-            denoising), `omni` (all).
-        recipe_overrides: fields of `tasks.Recipe` to change (`weights`, `mix`, `text_mask`...).
+            denoising), `opt` (masked data modeling + OPT's modality-level text reconstruction + matching),
+            `omni` (masked data modeling, contrast, denoising).
+        recipe_overrides: fields of `tasks.Recipe` to change (`weights`, `mix`, `text_mask`, `augment`...);
+            nested settings (`augment: {enabled: true}`) change the preset's key by key.
         mim_target: `tokens` (visual-tokenizer codes), `pixels` (normalised patch pixels), or `auto`
             (tokens when the shards have them).
         codebook_size: visual codes, for the tokens target; default: the shards' visual tokenizer's.
@@ -68,6 +74,8 @@ def check_recipe(name: str, overrides: dict, where: str):
 
     if name not in RECIPES:
         raise ConfigError(f"{where}: with.recipe: unknown recipe {name!r} (known: {', '.join(sorted(RECIPES))})")
+    from pipelines.typed import merge, to_dict
+
     hints = typing.get_type_hints(Recipe)
     known = [f.name for f in dataclasses.fields(Recipe)]
     typed = {}
@@ -75,6 +83,9 @@ def check_recipe(name: str, overrides: dict, where: str):
         path = f"with.recipe_overrides.{key}"
         if key not in known:
             raise ConfigError(f"{where}: {path}: unknown key (known keys: {', '.join(known)})")
+        preset = getattr(RECIPES[name], key)
+        if dataclasses.is_dataclass(preset) and isinstance(value, dict):
+            value = merge(to_dict(preset), value)  # `augment: {enabled: true}` keeps the preset's other keys
         try:
             typed[key] = convert(hints[key], value, path)
         except ConfigError as e:
@@ -138,6 +149,7 @@ def resolve(cfg: PretrainConfig, inputs: dict, where: str) -> tuple[PretrainConf
         raise ConfigError(f"{where}: with.image_size: {mc.vision.img_size} px is not a whole number of "
                           f"{mc.vision.patch_size} px patches")
     recipe = check_recipe(cfg.recipe, cfg.recipe_overrides, where)
+    _check_visual_input(inputs, visual, cfg, recipe, where)
     masked = [o for o in ("mim", "denoise") if recipe.uses(o)]
     if mc.vision.abstractor_queries and masked:
         raise ConfigError(f"{where}: with.model.vision.abstractor_queries: the visual abstractor has no per-patch "
@@ -148,6 +160,23 @@ def resolve(cfg: PretrainConfig, inputs: dict, where: str) -> tuple[PretrainConf
                       "max_text_tokens": mc.text.max_positions - mc.position_offset}
 
 
+def _check_visual_input(inputs: dict, visual: dict | None, cfg: PretrainConfig, recipe, where: str) -> None:
+    """A visual-tokenizer input is needed exactly when augmented images take visual-token MIM targets, and
+    it must be the one the shards' tokens came from."""
+    given = [n for n, s in inputs.items() if s.uses == "visual-tokenizer"]
+    if len(given) > 1:
+        raise ConfigError(f"{where}: needs: at most one `visual-tokenizer` stage (got {given})")
+    if given and visual and given[0] != visual.get("stage"):
+        raise ConfigError(f"{where}: needs: visual tokenizer {given[0]!r} is not the one the shards were tokenized "
+                          f"with ({visual.get('stage')!r}); name that one")
+    tokens = visual is not None and cfg.mim_target != "pixels" and recipe.uses("mim")
+    if recipe.augment.enabled and tokens and not given:
+        raise ConfigError(f"{where}: needs: with.recipe_overrides.augment.enabled augments the training images, whose "
+                          f"MIM targets are visual tokens: add the visual-tokenizer stage {visual.get('stage')!r} to "
+                          "needs (each augmented view is tokenized in the training worker), or set mim_target: "
+                          "pixels")
+
+
 @stage_kind("pretrain", config=PretrainConfig, version="1", num_cpus=0, resolve=resolve,
             description="masked data modeling + cross-modal / denoising contrast on Ray Train + DeepSpeed")
 def pretrain(ctx) -> dict[str, float]:
@@ -156,7 +185,8 @@ def pretrain(ctx) -> dict[str, float]:
 
     cfg = ctx.config
     shards = ctx.input("shards")
-    task = PretrainTask(cfg, shards)
+    visual = ctx.inputs_of_kind("visual-tokenizer")
+    task = PretrainTask(cfg, shards, visual[0] if visual else None)
     result = fit_stage(ctx, task, cfg.train)
     ctx.extra.update({"text_tokenizer": (shards.extra.get("tokenizers") or {}).get("text"),"model_config": task.model_config, "recipe": cfg.recipe, "mim_target": task.mim_target,
                       "stream_batch_sizes": task.sizes, "dropped_groups": task.dropped,

@@ -5,15 +5,23 @@ image_audio, triplet); each step takes ``stream_batch_sizes()[group]`` rows of e
 in the recipe's mix proportions (groups the shards lack, or have too few rows for, are dropped and
 reported). Validation runs every val group whole on every rank: MLM / MIM accuracy and retrieval R@1/R@5
 both ways for image-text, audio-text and image-audio over every val sample holding both modalities.
+
+With the recipe's ``augment`` on, training images are augmented in ``collate_train`` (Ray Data's prefetch
+threads of each worker), each sample from (seed, epoch, rank, sample id); with visual tokens as the MIM
+target the frozen visual tokenizer (the visual-tokenizer stage's output, an input of the stage then) runs
+on the augmented views there too, so the targets describe what the model sees. Validation never augments.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from collections import Counter
 
 from pipelines.train.task import TrainTask
+
+_TOKENIZER_LOCK = threading.Lock()  # the prefetch threads of several streams may ask for it at once
 
 # the stage output's files (PretrainTask.export writes them, `omniway export` reads them)
 MODEL_FILE, HEADS_FILE, PRETRAIN_FILE = "model.safetensors", "heads.safetensors", "pretrain.json"
@@ -30,10 +38,14 @@ class PretrainTask(TrainTask):
     """Args:
         cfg: the ``pretrain`` stage config (``PretrainConfig``).
         shards: the shards stage's ``Manifest``.
+        visual: the visual-tokenizer stage's ``Manifest`` (needed when augmented images take visual-token
+            MIM targets: the tokens of each view are computed in the worker).
     """
 
-    def __init__(self, cfg, shards):
-        self.cfg, self.shards = cfg, shards
+    def __init__(self, cfg, shards, visual=None):
+        self.cfg, self.shards, self.visual = cfg, shards, visual
+        self.retokenize = False
+        self._visual_encoder = None
         self.sizes: dict[str, int] = {}
         self.val_groups: list[str] = []
         self.counts: dict[str, dict[str, int]] = {}
@@ -129,6 +141,7 @@ class PretrainTask(TrainTask):
         if self.mim_target == "tokens" and recipe.uses("mim") and not has_codes:
             raise ShardsError("pretrain: mim_target 'tokens' needs visual tokens in the shards (give the shards "
                               "stage a visual-tokenizer input) or set mim_target: pixels")
+        self.retokenize = recipe.augment.enabled and self.mim_target == "tokens" and recipe.uses("mim")
         # what the shards fix, from their manifest (the pipeline loader filled the same values into the
         # config from the upstream configs; a stage run on its own, by a test or a script, gets them here)
         overrides = dict(self.cfg.model)
@@ -152,13 +165,45 @@ class PretrainTask(TrainTask):
                     f"{visual['codebook_size']}-code tokenizer at {visual['image_resolution']} px / patch "
                     f"{visual['patch_size']}); leave image_size, model.vision.patch_size and codebook_size unset")
         self.model_config = config.to_dict()
+        if self.retokenize:
+            self._check_visual_tokenizer()
+
+    def _check_visual_tokenizer(self) -> None:
+        """Augmented views take their MIM targets from the tokenizer the shards' tokens came from."""
+        if self.visual is None:
+            raise ShardsError("pretrain: recipe augmentation with visual-token MIM targets tokenizes each augmented "
+                              "view in the worker: add the visual-tokenizer stage the shards used to this stage's "
+                              "needs, or set mim_target: pixels, or recipe_overrides.augment.enabled: false")
+        from model import ModelConfig
+        from pipelines.stages.visual_tokenizer import manifest_facts
+
+        recorded = (self.shards.extra.get("tokenizers") or {}).get("visual") or {}
+        if recorded.get("fingerprint") and recorded["fingerprint"] != self.visual.fingerprint:
+            raise ShardsError(f"pretrain: visual tokenizer input {self.visual.stage!r} is not the one the shards of "
+                              f"stage {self.shards.stage!r} were tokenized with (stage {recorded.get('stage')!r}): "
+                              "give this stage the same visual-tokenizer stage as the shards")
+        facts = manifest_facts(self.visual)
+        vision = ModelConfig.from_dict(self.model_config).vision
+        if (vision.img_size, vision.patch_size, self.codebook_size) != (
+                facts["image_resolution"], facts["patch_size"], facts["codebook_size"]):
+            raise ShardsError(f"pretrain: visual tokenizer {self.visual.stage!r} ({facts['image_resolution']} px, "
+                              f"patch {facts['patch_size']}, {facts['codebook_size']} codes) does not fit the model "
+                              f"({vision.img_size} px, patch {vision.patch_size}, {self.codebook_size} codes)")
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_visual_encoder"] = None  # loaded in each worker, never shipped
+        return state
 
     def datasets(self) -> dict:
         from pipelines.data.reader import read_shards
         from tasks import GROUPS
 
+        augment = self.recipe().augment.enabled
+
         def cols(g):
-            return sorted({c for mod in GROUPS[g] for c in _COLUMNS[mod]})
+            extra = {"sample_id"} if augment and "image" in GROUPS[g] else set()  # the augmentation's key
+            return sorted({c for mod in GROUPS[g] for c in _COLUMNS[mod]} | extra)
 
         out = {}
         for g in self.sizes:
@@ -212,6 +257,31 @@ class PretrainTask(TrainTask):
     def collate(self, stream: str, batch: dict):
         return self.collator.collate(stream, batch)
 
+    def collate_train(self, stream: str, batch: dict, epoch: int):
+        """A training batch of ``epoch``: images augmented when the recipe says so (per sample from
+        (seed, epoch, rank, sample id)), and their visual tokens computed on the augmented views."""
+        from tasks import GROUPS
+        from tasks.augment import sample_seeds
+        from tasks.losses import world
+
+        if not (self.recipe().augment.enabled and "image" in GROUPS[stream]):
+            return self.collator.collate(stream, batch)
+        seeds = sample_seeds(self.cfg.train.seed, epoch, world()[0], batch["sample_id"])
+        out = self.collator.collate(stream, batch, seeds)
+        if self.retokenize:
+            out["image_tokens"] = self.visual_encoder().model.tokenize(out["pixels"])  # (B, N) int64
+        return out
+
+    def visual_encoder(self):
+        """The frozen visual tokenizer (``pipelines.visual_tokenizer.encoder.TokenEncoder``), loaded once per
+        worker process from the visual-tokenizer input."""
+        with _TOKENIZER_LOCK:
+            if self._visual_encoder is None:
+                from pipelines.visual_tokenizer.encoder import load_encoder
+
+                self._visual_encoder = load_encoder(self.visual)
+            return self._visual_encoder
+
     def _generator(self, *key: int):
         import torch
 
@@ -223,7 +293,9 @@ class PretrainTask(TrainTask):
 
     def prepare(self, batch, *, step, rank, device, dtype):
         g = self._generator(step, rank)
-        return {name: self._to(self.collator.add_masks(name, t, g), device, dtype) for name, t in batch.items()}
+        shared = self._generator(step, -2)  # the same on every rank: which passes run (``add_masks``)
+        return {name: self._to(self.collator.add_masks(name, t, g, shared), device, dtype)
+                for name, t in batch.items()}
 
     def batch_stats(self, batch, num_params: int) -> dict[str, float]:
         from tasks import GROUPS
@@ -252,6 +324,13 @@ class PretrainTask(TrainTask):
             if recipe.uses("denoise"):
                 flops += 2 * num_params * joint
             if recipe.uses("contrast") and len(GROUPS[g]) > 1:
+                flops += 6 * num_params * joint
+            if recipe.uses("modality") and "text" in GROUPS[g] and len(GROUPS[g]) > 1:
+                share = min(n, max(1, round(recipe.modality_prob * n))) / n  # the rows reconstructed
+                flops += 6 * num_params * joint * share
+            if recipe.uses("match") and len(GROUPS[g]) == 2:  # 3 fused sequences per pair (+ similarity)
+                flops += 6 * num_params * 3 * joint + (0 if recipe.uses("contrast") else 2 * num_params * joint)
+            if recipe.uses("match") and len(GROUPS[g]) == 3 and n >= 3:
                 flops += 6 * num_params * joint
         return {"samples": samples, "tokens": tokens, "flops": flops, **mix}
 

@@ -6,6 +6,11 @@ and skips that many batches: with ``preserve_order`` (set by the launcher) the s
 workers is deterministic, so a resumed run sees the same samples at the same steps as an uninterrupted
 one (same worker count). Sample order within an epoch is the shards' order: shuffling is the shards
 stage's job.
+
+A training stream tells its collate function which epoch it reads (``StreamCollate.at_epoch``): a task with
+a ``collate_train(stream, rows, epoch)`` (augmentation, drawn per sample and epoch) gets it there, in Ray
+Data's prefetch threads, beside the training step; validation batches go through ``collate`` and are never
+augmented.
 """
 
 from __future__ import annotations
@@ -21,7 +26,16 @@ def stream_collate(task, stream: str):
     from ray.data.collate_fn import NumpyBatchCollateFn
 
     class StreamCollate(NumpyBatchCollateFn):
+        def __init__(self, epoch: int | None = None):
+            self.epoch = epoch
+
+        def at_epoch(self, epoch: int) -> "StreamCollate":
+            """The collate of one training epoch (a training stream calls it each time it opens one)."""
+            return StreamCollate(epoch)
+
         def __call__(self, batch):
+            if self.epoch is not None and hasattr(task, "collate_train"):
+                return task.collate_train(stream, batch, self.epoch)
             return task.collate(stream, batch)
 
     return StreamCollate()
@@ -50,7 +64,8 @@ class Stream:
         return {"epoch": self.epoch, "offset": self.offset}
 
     def _open(self) -> None:
-        self._it = iter(self.shard.iter_torch_batches(batch_size=self.batch_size, collate_fn=self.collate,
+        collate = self.collate.at_epoch(self.epoch) if hasattr(self.collate, "at_epoch") else self.collate
+        self._it = iter(self.shard.iter_torch_batches(batch_size=self.batch_size, collate_fn=collate,
                                                       drop_last=True, prefetch_batches=self.prefetch))
         for _ in range(self.offset):  # resume inside an epoch
             next(self._it)

@@ -94,7 +94,7 @@ def test_pixel_target_pretraining_is_free_of_the_tokenizer_grid():
     ("pretrain.model={checkpoint_activations: true}",
      "with.model.checkpoint_activations: set with.train.activation_checkpointing instead"),
     ("pretrain.model={text: {vocab_size: 100}}", "with.model.text.vocab_size: the vocabulary is the shards' text"),
-    ("pretrain.recipe=beit4", "stage 'pretrain': with.recipe: unknown recipe 'beit4' (known: beit3, omni, one-peace)"),
+    ("pretrain.recipe=beit4", "stage 'pretrain': with.recipe: unknown recipe 'beit4' (known: beit3, omni, one-peace, opt)"),
     ("pretrain.recipe_overrides={text_mask: lots}", "with.recipe_overrides.text_mask: expected a number, got 'lots'"),
     ("pretrain.recipe_overrides={txt_mask: 0.2}", "with.recipe_overrides.txt_mask: unknown key (known keys: weights"),
     ("pretrain.recipe_overrides={mix: {pairs: 1}}", "with.recipe_overrides: unknown mix groups ['pairs']"),

@@ -129,7 +129,9 @@ def test_each_recipe_is_finite_and_routes_groups(recipe):
             assert objective in out and torch.isfinite(out[objective])
     expected = {"beit3": {"mlm/text", "mim/image", "mlm/image_text", "mim/image_text"},
                 "one-peace": {"contrast/image_text", "contrast/audio_text", "denoise/text", "denoise/image"},
-                "omni": {"mam/audio", "contrast/triplet", "mim/image_audio", "denoise/triplet"}}[recipe]
+                "omni": {"mam/audio", "contrast/triplet", "mim/image_audio", "denoise/triplet"},
+                "opt": {"mam/audio", "modality/image_text", "modality/triplet", "match/audio_text",
+                        "match/triplet"}}[recipe]
     assert expected <= set(out)
     if recipe == "beit3":  # masked data modeling only: no contrast, no audio objective on these groups
         assert not any(k.startswith(("contrast", "denoise")) for k in out)
