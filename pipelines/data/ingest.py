@@ -1,7 +1,10 @@
-"""The corpus stage's Ray work: source units -> decoded, validated result rows, in a fixed order.
+"""The corpus stage's first pass: work units -> decoded, validated rows in staging files, and a summary.
 
-`iter_results` runs one `read_and_normalize` Ray task per work unit (a file or a group of files, see
-`sources.plan`) and yields their rows in unit order; `split_of` is the deterministic train / val split.
+One `ingest_units` Ray task per work unit (a file or a group of files, see `sources.plan`) reads and
+normalises its records and writes them, as they come, into the unit's staging files (see
+`corpus_staging`): accepted rows by split, rejects apart, each with `idx`, the record's position in
+the unit. What it returns is one summary row per unit (how many records, rows per table, the node):
+no sample crosses to the stage process. `split_of` is the deterministic train / val split.
 """
 
 from __future__ import annotations
@@ -16,49 +19,147 @@ def split_of(sample_id: str, val_fraction: float) -> str:
     return "val" if x < val_fraction else "train"
 
 
-def read_and_normalize(batch, *, cfg) -> Iterator:
-    """Ray Data task: work units in, result tables (schema RESULT_SCHEMA) out.
-
-    Reading and normalising share a task so no separate read task competes for CPUs; a
-    unit's records are emitted in chunks of `batch_size`. A task, not an actor: Ray keeps
-    task worker processes between datasets, so the next Ray Data stage (shards, the visual
-    tokenizer's image decoding) finds workers that have already imported Ray Data and the
-    decoders instead of starting actors from scratch.
-
-    Args:
-        batch: pyarrow table of work units (see `sources.plan`).
-        cfg: the corpus config.
-    """
+def unit_results(src, unit: dict, cfg) -> Iterator:
+    """Result tables (`tables.RESULT_SCHEMA`) of one unit's records, `cfg.batch_size` rows each, in order."""
     from pipelines.data import sources
     from pipelines.data.normalize import normalize_record
     from pipelines.data.tables import results_table
 
-    by_name = {s.name: s for s in cfg.sources}
-    for unit in batch.to_pylist():
-        src = by_name[unit["source"]]
-        require = tuple(src.require)
-        rows = []
-        for rec in sources.read(src, unit):
-            rows.append(normalize_record(rec, cfg, require))
-            if len(rows) >= cfg.batch_size:
-                yield results_table(rows)
-                rows = []
-        if rows:
+    require = tuple(src.require)
+    rows = []
+    for rec in sources.read(src, unit):
+        rows.append(normalize_record(rec, cfg, require))
+        if len(rows) >= cfg.batch_size:
             yield results_table(rows)
+            rows = []
+    if rows:
+        yield results_table(rows)
 
 
-def iter_results(cfg) -> Iterator[dict]:
-    """All result rows of all sources, in a deterministic order (Ray tasks do the work)."""
-    from pipelines.data import sources
+def staged_schema(table: str):
+    """The schema of a staging file: the output table's columns, plus `unit` and `idx` (rows)."""
+    import pyarrow as pa
+
+    from pipelines.data import schema
+
+    if table == "rejects":
+        base = schema.rejects_schema()
+    elif table == "duplicates":
+        return pa.schema([("sample_id", pa.string()), ("duplicate_of", pa.string()),
+                          ("split", pa.string()), ("idx", pa.int32())])
+    else:
+        base = schema.corpus_schema()
+    return pa.schema(list(base) + [pa.field("unit", pa.int32()), pa.field("idx", pa.int32())])
+
+
+def summary_schema():
+    import pyarrow as pa
+
+    return pa.schema([("unit", pa.int32()), ("records", pa.int64()), ("train", pa.int64()),
+                      ("val", pa.int64()), ("rejects", pa.int64()), ("node", pa.string())])
+
+
+class _UnitFiles:
+    """The staging files of one unit, each opened on its first row and filled in row groups."""
+
+    def __init__(self, staging, unit: int):
+        from pipelines.data.corpus_staging import STAGING_ROW_GROUP
+
+        self.staging, self.unit, self.group = staging, unit, STAGING_ROW_GROUP
+        self.open: dict[str, tuple] = {}
+        self.pending: dict[str, list] = {}
+        self.rows = {"train": 0, "val": 0, "rejects": 0}
+
+    def add(self, name: str, table) -> None:
+        if table.num_rows == 0:
+            return
+        self.rows[name] += table.num_rows
+        self.pending.setdefault(name, []).append(table)
+        if sum(t.num_rows for t in self.pending[name]) >= self.group:
+            self._flush(name)
+
+    def _flush(self, name: str) -> None:
+        import pyarrow as pa
+
+        from pipelines.data.corpus_staging import unit_file
+
+        tables = self.pending.pop(name, [])
+        if not tables:
+            return
+        if name not in self.open:
+            self.open[name] = self.staging.parquet_writer(unit_file(name, self.unit), staged_schema(name))
+        self.open[name][0].write_table(pa.concat_tables(tables).combine_chunks(), row_group_size=self.group)
+
+    def close(self) -> None:
+        for name in list(self.pending):
+            self._flush(name)
+        for writer, handle in self.open.values():
+            self.staging.commit_writer(writer, handle)
+
+
+def ingest_units(batch, *, cfg, staging) -> Iterator:
+    """Ray Data task: work units in (each with `order`, its position in the plan), one summary row per
+    unit out (`summary_schema`); the rows themselves go to the unit's staging files.
+
+    A task, not an actor: Ray keeps task worker processes between datasets, so the next Ray Data stage
+    (shards, the visual tokenizer's image decoding) finds workers that have already imported Ray Data
+    and the decoders. A retried task (its worker died) rewrites its unit's files whole.
+
+    Args:
+        batch: pyarrow table of work units (see `sources.plan`).
+        cfg: the corpus config.
+        staging: the stage's `corpus_staging.Staging`.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import ray
+
+    from pipelines.data import schema
+
+    node = ray.get_runtime_context().get_node_id()
+    by_name = {s.name: s for s in cfg.sources}
+    corpus_cols = schema.corpus_schema().names
+    reject_cols = schema.rejects_schema().names
+    for unit in batch.to_pylist():
+        order = unit["order"]
+        files = _UnitFiles(staging, order)
+        records = 0
+        for table in unit_results(by_name[unit["source"]], unit, cfg):
+            n = table.num_rows
+            table = table.append_column("unit", pa.array(np.full(n, order, np.int32))).append_column(
+                "idx", pa.array(np.arange(records, records + n, dtype=np.int32)))
+            records += n
+            bad = pc.not_equal(table.column("reason"), "")
+            files.add("rejects", table.filter(bad).select(reject_cols + ["unit", "idx"]))
+            ok = table.filter(pc.invert(bad))
+            split = pa.array([split_of(s, cfg.val_fraction) for s in ok.column("sample_id").to_pylist()],
+                             pa.string())
+            ok = ok.append_column("split", split).select(corpus_cols + ["unit", "idx"])
+            for name in schema.SPLITS:
+                files.add(name, ok.filter(pc.equal(ok.column("split"), name)))
+        files.close()
+        yield pa.table([[order], [records], [files.rows["train"]], [files.rows["val"]],
+                        [files.rows["rejects"]], [node]], schema=summary_schema())
+
+
+def run_ingest(cfg, units: list[dict], staging) -> dict[int, dict]:
+    """Run `ingest_units` over every unit; returns unit order -> its summary row (as a dict)."""
     from pipelines.data.raycompat import ensure_ray, no_ramp_up, task_pool
 
-    units = [u for s in cfg.sources for u in sources.plan(s)]
     ray = ensure_ray()
     # One unit per block, so the tasks share the units out one at a time.
     ds = ray.data.from_items(units, override_num_blocks=len(units))
-    ds = ds.map_batches(read_and_normalize, fn_kwargs={"cfg": cfg}, batch_size=1,
+    ds = ds.map_batches(ingest_units, fn_kwargs={"cfg": cfg, "staging": staging}, batch_size=1,
                         batch_format="pyarrow", num_cpus=1,
                         compute=task_pool(ray, cfg.num_workers, len(units)))
     ds = no_ramp_up(ds)
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        yield from batch.to_pylist()
+    # every summary names its unit: a finished task need not wait behind a longer earlier one
+    ds.context.execution_options.preserve_order = False
+    out: dict[int, dict] = {}
+    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for row in block.to_pylist():
+            out[row["unit"]] = row
+    if len(out) != len(units):
+        raise RuntimeError(f"corpus: {len(units) - len(out)} work units returned no summary")
+    return out

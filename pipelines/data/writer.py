@@ -4,9 +4,9 @@ Why not `Dataset.write_parquet`: its files hold "at least min / at most max" row
 write task, not a fixed count, and with a FilenameProvider that drops the write
 uuid Ray 2.60 refuses APPEND mode. Instead the file boundaries are planned up front:
 `part-00000.parquet`, `part-00001.parquet`, ... of exactly `rows_per_file` rows (the
-last one short). `PartWriter` cuts an ordered stream of rows in one process (corpus);
-the shards stage's Ray tasks build whole part files (`shards_task.write_part` on disk,
-`encode_parquet` in memory). All encode with PARQUET_ARGS, so the same rows give the same bytes.
+last one short). `PartWriter` cuts an ordered stream of rows in one process (instructions);
+the corpus and shards stages' Ray tasks build whole part files (`write_part_file`,
+`shards_task.write_part` on disk, `encode_parquet` in memory). All encode with PARQUET_ARGS, so the same rows give the same bytes.
 """
 
 from __future__ import annotations
@@ -26,6 +26,20 @@ def encode_parquet(table: pa.Table) -> pa.Buffer:
     sink = pa.BufferOutputStream()
     pq.write_table(table.combine_chunks(), sink, **PARQUET_ARGS)
     return sink.getvalue()
+
+
+def write_part_file(table: pa.Table, path: str) -> str:
+    """One part file's bytes (`encode_parquet`'s) written to `path` under a temporary name, then renamed:
+    a task killed mid-write leaves only `<path>.tmp-<pid>`, which the stage process removes, and its
+    retry writes the file whole. Returns the file's sha256."""
+    from pipelines.manifest import sha256_file
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    pq.write_table(table.combine_chunks(), tmp, **PARQUET_ARGS)
+    sha256 = sha256_file(tmp)  # just written: read back from the page cache
+    os.replace(tmp, path)
+    return sha256
 
 
 def part_name(index: int) -> str:

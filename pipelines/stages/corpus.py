@@ -1,12 +1,17 @@
 """Stage kind `corpus`: named sources -> validated samples + rejects, split into train / val.
 
-Flow (Ray Data, ordered):
-    work units (driver: list files / tars)            from_items, one unit per block
-      -> read_and_normalize tasks (read bytes, decode, validate, hash)  map_batches
-      -> stage process: source limits, dedup by content hash, split by sample_id hash,
-         fixed-rows Parquet files: train/, val/, rejects/, duplicates/
-Accounting: read = accepted + rejected + duplicates, checked before anything commits.
-The per-sample work is `pipelines.data.ingest` (tasks) and `pipelines.data.normalize` (one record).
+Flow (three Ray Data passes; the stage process sees per-unit and per-part summaries, never a sample):
+    work units (stage process: list files / tars)                 from_items, one unit per block
+      -> ingest tasks: read bytes, decode, validate, hash, split by sample_id hash; rows into
+         per-unit staging files in storage                        map_batches  (`data.ingest`)
+      -> source limits from the per-unit record counts
+      -> dedup: (content_hash, sample_id, unit, idx) records hash-partitioned by content hash,
+         the first copy in plan order wins                        repartition(keys)  (`data.corpus_dedup`)
+      -> part tasks: fixed-rows Parquet files train/, val/, rejects/, duplicates/, written into the
+         output directory by the tasks themselves                 map_batches  (`data.corpus_parts`)
+The files are those a one-process loop over the same stream writes, byte for byte, whatever the
+number of workers. Accounting: read = accepted + rejected + duplicates, checked before anything
+commits. The per-sample function is `pipelines.data.normalize.normalize_record`.
 """
 
 from __future__ import annotations
@@ -129,7 +134,7 @@ class CorpusConfig:
         sources: the named inputs (at least one).
         val_fraction: share of samples put in `val`, by a hash of sample_id.
         rows_per_file: rows per output Parquet file.
-        num_workers: Ray tasks decoding and validating in parallel (1 CPU each).
+        num_workers: Ray tasks decoding, validating and writing in parallel (1 CPU each).
         batch_size: records per result table a read task yields.
         text / image / audio: per-modality validation limits.
         dedup: drop exact duplicates (same normalised content) after the first.
@@ -175,63 +180,44 @@ def resolve(cfg: CorpusConfig, inputs: dict, where: str) -> tuple[CorpusConfig, 
             description="read sources (webdataset, jsonl/csv, parquet, text, demo corpora), "
                         "validate, dedup, quarantine, split")
 def corpus(ctx) -> dict[str, float]:
-    import pyarrow as pa
-
     from pipelines.data import schema
-    from pipelines.data.ingest import iter_results, split_of
-    from pipelines.data.writer import PartWriter
+    from pipelines.data.corpus_build import build, grid_samples
+    from pipelines.data.corpus_staging import Staging
 
     cfg: CorpusConfig = ctx.config
     check_config(cfg)
     started = time.time()
-    out = ctx.output_dir
-    writers = {split: PartWriter(out, split, schema.corpus_schema(), cfg.rows_per_file,
-                                 ctx.set_rows) for split in schema.SPLITS}
-    rejects = PartWriter(out, "rejects", schema.rejects_schema(), cfg.rows_per_file, ctx.set_rows)
-    dups = PartWriter(out, "duplicates", pa.schema([("sample_id", pa.string()),
-                                                    ("duplicate_of", pa.string())]),
-                      cfg.rows_per_file, ctx.set_rows)
-    limits = {s.name: s.limit for s in cfg.sources}
+    staging = Staging.new(ctx.storage_uri or ctx.output_dir, ctx.pipeline, ctx.stage, ctx.key)
+    try:
+        built = build(cfg, ctx.output_dir, staging, ctx.set_rows)
+    finally:
+        staging.remove()
+    parts = built["parts"]
+    count, reasons, modalities = Counter(), Counter(), Counter()
     per_source: Counter = Counter()
-    count = Counter()
-    reasons: Counter = Counter()
-    modalities: Counter = Counter()
-    seen: dict[str, str] = {}
-    samples: list[dict] = []  # for the image grid artifact
-    for row in iter_results(cfg):
-        src = row["source"]
-        if limits[src] and per_source[src] >= limits[src]:
-            continue  # past the source's limit: not read (documented in SourceConfig.limit)
-        per_source[src] += 1
-        count["read"] += 1
-        if row["reason"]:
-            count["rejected"] += 1
-            reasons[row["reason"]] += 1
-            rejects.add_rows([{"source": src, "key": row["key"], "reason": row["reason"],
-                               "detail": row["detail"]}])
-            continue
-        first = seen.get(row["content_hash"]) if cfg.dedup else None
-        if first is not None:
-            count["duplicates"] += 1
-            dups.add_rows([{"sample_id": row["sample_id"], "duplicate_of": first}])
-            continue
-        seen[row["content_hash"]] = row["sample_id"]
-        count["accepted"] += 1
-        row["split"] = split_of(row["sample_id"], cfg.val_fraction)
-        count[row["split"]] += 1
-        modalities.update(row["modalities"])
-        count["combo:" + "+".join(row["modalities"])] += 1
-        writers[row["split"]].add_rows([row])
-        if row["image"] is not None and len(samples) < cfg.plot_samples:
-            samples.append(row)
-    for w in (*writers.values(), rejects, dups):
-        w.close()
+    for u, cutoff in zip(built["units"], built["cutoffs"]):
+        per_source[u["source"]] += cutoff
+    count["read"] = sum(built["cutoffs"])
+    for p in parts:
+        table, stats = p["table"], p["stats"]
+        if table in schema.SPLITS:
+            count["accepted"] += p["rows"]
+            count[table] += p["rows"]
+            modalities.update(stats["modalities"])
+            count.update({"combo:" + k: v for k, v in stats["combinations"].items()})
+        elif table == "rejects":
+            count["rejected"] += p["rows"]
+            reasons.update(stats["reasons"])
+        else:
+            count["duplicates"] += p["rows"]
     if count["read"] != count["accepted"] + count["rejected"] + count["duplicates"]:
         raise RuntimeError(f"corpus accounting broken: {dict(count)}")
     seconds = time.time() - started
+    nodes = {s["node"] for s in built["summaries"].values()} | {p["node"] for p in parts}
     print(f"[corpus] read {count['read']} = accepted {count['accepted']} + rejected "
           f"{count['rejected']} + duplicates {count['duplicates']}; rejected by reason "
-          f"{dict(sorted(reasons.items()))}; {count['read'] / max(seconds, 1e-9):.1f} samples/s",
+          f"{dict(sorted(reasons.items()))}; {count['read'] / max(seconds, 1e-9):.1f} samples/s "
+          f"({len(built['units'])} units, {len(parts)} parts, tasks on {len(nodes)} node(s))",
           flush=True)
 
     ctx.schema_version = schema.CORPUS_SCHEMA_VERSION
@@ -252,7 +238,9 @@ def corpus(ctx) -> dict[str, float]:
     metrics.update({f"modality.{m}": float(modalities[m]) for m in schema.MODALITIES})
     metrics["seconds"] = round(seconds, 3)
     metrics["samples_per_s"] = round(count["read"] / max(seconds, 1e-9), 2)
-    _artifacts(ctx, samples, rejects.files)
+    metrics["nodes"] = float(len(nodes))
+    samples = grid_samples(parts, ctx.output_dir, cfg.plot_samples) if cfg.plot_samples else []
+    _artifacts(ctx, samples, [p["path"] for p in parts if p["table"] == "rejects"])
     return metrics
 
 
