@@ -107,6 +107,9 @@ def connect_ray(spec: PipelineSpec, address: str | None = None, verbose: bool = 
     runtime_env = ray_runtime_env(embedded=not target, dashboard=spec.ray.dashboard)
     if target:
         ray.init(address=target, log_to_driver=True, runtime_env=runtime_env)
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+        cpus = sum(n.get("Resources", {}).get("CPU", 0) for n in alive)
+        print(f"omniway: attached to the Ray cluster at {target}: {len(alive)} nodes, {cpus:g} CPUs", flush=True)
     else:
         ray.init(num_cpus=spec.ray.num_cpus, num_gpus=spec.ray.num_gpus,
                  include_dashboard=spec.ray.dashboard, dashboard_host="127.0.0.1",

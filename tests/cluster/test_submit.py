@@ -103,7 +103,7 @@ def test_submit_wait_success_runs_on_the_cluster(cluster, tmp_path):
                 cluster["address"], "--working-dir", ".", "--workdir", workdir, "--wait",
                 cwd=tmp_path, env=env, timeout=300)
     assert "submitted raysubmit_" in result.stdout
-    assert "Connecting to existing Ray cluster" in result.stdout + result.stderr
+    assert "omniway: attached to the Ray cluster at " in result.stdout  # the job's driver attached, not embedded
     assert "SUCCEEDED" in result.stdout
     outputs = list((workdir / "storage" / "jobs" / "c").glob("*/_manifest.json"))
     assert len(outputs) == 1
