@@ -1,10 +1,14 @@
 """Text generation with a KV cache (litgpt's ``generate`` / ``KVCache`` shape): greedy, sampling, beam search.
 
-The prompt (media + prompt text) is prefilled once, as one bidirectional prefix; then one token per step
-runs through the blocks against the cached keys and values. What a full forward of the prefix-LM would
-compute is what decoding computes, position for position (``MultiwayModel.forward`` with
-``text_causal_start`` = the prompt length):
+The prompt (media + prompt text) is prefilled once; then one token per step runs through the blocks
+against the cached keys and values. What a full forward of the prefix-LM would compute is what decoding
+computes, position for position (``MultiwayModel.forward`` over prompt + generated tokens with the same
+``text_causal_start``, or the prompt length when none is given):
 
+* a one-turn prompt is one bidirectional prefix; a multi-turn prompt (earlier answers inside it) is
+  attended as in training when ``text_causal_start`` (B,) names its first answer token: media and the
+  first prompt bidirectional, the prompt's tokens from that index on causal (a later question sees the
+  earlier answers, nothing before sees them); a new token attends to everything before it in both cases;
 * a cached token keeps the expert it was computed with (media tokens their modality's, text the text
   expert's); a new token is routed as a text token of the *whole* sequence (``Layout.within``), so where a
   block has a fusion expert, a multimodal sequence's new tokens use it exactly as in the full forward;
@@ -21,6 +25,8 @@ Usage::
     out = generate(model, head, {"pixels": px, "text_ids": prompt, "text_padding_mask": pad},
                    max_new_tokens=32, eos_id=3)           # greedy; sampling: do_sample=True, top_p=0.9
     out.tokens  # (B, N) new token ids, ``pad_id`` after each row's end; out.lengths (B,)
+    generate(model, head, {"text_ids": two_turns}, max_new_tokens=32, eos_id=3,
+             text_causal_start=first_answer)  # (B,): a multi-turn prompt attended as in training
 """
 
 from __future__ import annotations
@@ -100,9 +106,32 @@ def _check_room(model, inputs: Mapping[str, torch.Tensor], max_new_tokens: int) 
                          f"{room} text positions")
 
 
+def _causal_start(inputs: Mapping[str, torch.Tensor], text_causal_start: torch.Tensor | None) -> torch.Tensor | None:
+    """The keyword, else ``inputs["text_causal_start"]`` (the model's own input key), checked: (B,) int64."""
+    start = inputs.get("text_causal_start") if text_causal_start is None else text_causal_start
+    if start is None:
+        return None
+    start = torch.as_tensor(start, dtype=torch.long).reshape(-1)
+    B = inputs["text_ids"].shape[0]
+    if start.shape[0] != B:
+        raise ValueError(f"text_causal_start has {start.shape[0]} entries for a batch of {B} prompts")
+    if bool((start < 0).any()):
+        raise ValueError(f"text_causal_start must be >= 0, got {start.tolist()}")
+    return start
+
+
 @torch.no_grad()
-def prefill(model, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, DecodeState]:
+def prefill(model, inputs: Mapping[str, torch.Tensor], text_causal_start: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, DecodeState]:
     """Run media + prompt once and fill the caches.
+
+    Args:
+        model: a ``MultiwayModel``.
+        inputs: media and prompt (``text_ids`` (B, L), right-padded with ``text_padding_mask``).
+        text_causal_start: (B,) int64, optional (default: ``inputs.get("text_causal_start")``): each row's
+            prompt tokens from this text index on attend causally, as in the training forward of a
+            multi-turn conversation (its first answer token); an index at or past a row's prompt length
+            (or None) leaves that row's whole prompt bidirectional.
 
     Returns:
         (B, C) the final hidden state of each row's last prompt token (it predicts the first new token),
@@ -117,7 +146,10 @@ def prefill(model, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, De
                                   f"of the sequence; this layout is {layout.modalities}")
     from .attention import build_attention_mask
 
-    mask = build_attention_mask(padding, None, T, x.device)
+    causal = _causal_start(inputs, text_causal_start)
+    if causal is not None:  # text -> sequence indices, as MultiwayModel.forward maps them
+        causal = causal.to(x.device) + text.start
+    mask = build_attention_mask(padding, causal, T, x.device, None if causal is None else text.stop)
     lengths = _prompt_lengths(inputs).to(x.device)
     key_valid = torch.ones(B, T, dtype=torch.bool, device=x.device) if padding is None else ~padding
     key_pos = torch.arange(T, device=x.device).expand(B, T)
@@ -174,7 +206,8 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 def generate(model, head: Callable[[torch.Tensor], torch.Tensor], inputs: Mapping[str, torch.Tensor], *,
              max_new_tokens: int, eos_id: int, pad_id: int = 0, min_new_tokens: int = 0, do_sample: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, num_beams: int = 1, length_penalty: float = 1.0,
-             no_repeat_ngram_size: int = 0, generator: torch.Generator | None = None) -> GenerationOutput:
+             no_repeat_ngram_size: int = 0, generator: torch.Generator | None = None,
+             text_causal_start: torch.Tensor | None = None) -> GenerationOutput:
     """Generate text after each row's prompt.
 
     Args:
@@ -190,6 +223,8 @@ def generate(model, head: Callable[[torch.Tensor], torch.Tensor], inputs: Mappin
             ``sum log p / length ** length_penalty``, as in Hugging Face's).
         no_repeat_ngram_size: no n-gram of this size appears twice in a row's generated tokens (0: off).
         generator: random generator for sampling.
+        text_causal_start: (B,) int64, optional (default: ``inputs.get("text_causal_start")``): a
+            multi-turn prompt's first answer token; see ``prefill``.
     """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
@@ -198,9 +233,9 @@ def generate(model, head: Callable[[torch.Tensor], torch.Tensor], inputs: Mappin
             raise ValueError("beam search with sampling is not supported; pick one")
         return beam_search(model, head, inputs, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
                             min_new_tokens=min_new_tokens, num_beams=num_beams, length_penalty=length_penalty,
-                            no_repeat_ngram_size=no_repeat_ngram_size)
+                            no_repeat_ngram_size=no_repeat_ngram_size, text_causal_start=text_causal_start)
     _check_room(model, inputs, max_new_tokens)
-    hidden, state = prefill(model, inputs)
+    hidden, state = prefill(model, inputs, text_causal_start)
     B = hidden.shape[0]
     device = hidden.device
     tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -234,13 +269,13 @@ def generate(model, head: Callable[[torch.Tensor], torch.Tensor], inputs: Mappin
 @torch.no_grad()
 def beam_search(model, head, inputs: Mapping[str, torch.Tensor], *, max_new_tokens: int, eos_id: int,
                 num_beams: int, pad_id: int = 0, min_new_tokens: int = 0, length_penalty: float = 1.0,
-                no_repeat_ngram_size: int = 0) -> GenerationOutput:
+                no_repeat_ngram_size: int = 0, text_causal_start: torch.Tensor | None = None) -> GenerationOutput:
     """Beam search per row (``generate`` with ``num_beams`` > 1; arguments as there): ``num_beams`` live
     hypotheses; a hypothesis that emits eos is kept among the row's ``num_beams`` best finished ones, and a
     row is done once it holds ``num_beams`` of them and the worst scores at least its best live beam scored
     at the current length (Hugging Face's rule with ``early_stopping=False``: with one beam it is greedy)."""
     _check_room(model, inputs, max_new_tokens)
-    hidden, state = prefill(model, inputs)
+    hidden, state = prefill(model, inputs, text_causal_start)
     B, K = hidden.shape[0], num_beams
     device = hidden.device
     index = torch.arange(B, device=device).repeat_interleave(K)  # (B*K,) every row's beams side by side

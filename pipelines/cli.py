@@ -80,11 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also import MODULE, which registers more stage kinds (repeatable)")
     stages.set_defaults(handler=cmd_stages)
 
-    export = sub.add_parser("export", help="write a pretrain stage's weights as omniway safetensors or a "
+    export = sub.add_parser("export", help="write a pretrain or instruct stage's weights as omniway safetensors "
+                                           "(instruct: with its LM head, settings and tokenizer) or a "
                                            "torchscale BEiT-3 checkpoint, or a corpus / shards stage as "
                                            "webdataset tars")
-    export.add_argument("source", help="a stage output directory (pretrain; corpus or shards for webdataset), "
-                                       "or PIPELINE.yaml with --stage")
+    export.add_argument("source", help="a stage output directory (pretrain or instruct; corpus or shards for "
+                                       "webdataset), or PIPELINE.yaml with --stage")
     export.add_argument("--stage", default=None, help="with a pipeline file: export this stage's output for "
                                                       "its current config")
     export.add_argument("--format", dest="fmt", choices=["omniway", "beit3", "webdataset"], default="omniway",
@@ -105,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--audio", default=None, help="an audio file the prompt is about")
     generate.add_argument("--max-new-tokens", type=int, default=32)
     generate.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (1: greedy)")
+    generate.add_argument("--do-sample", action="store_true", help="sample each token instead of taking the most "
+                                                                   "likely one (not with --num-beams > 1)")
+    generate.add_argument("--temperature", type=float, default=1.0, help="with --do-sample: divides the logits "
+                                                                         "(< 1 sharper, > 1 flatter)")
+    generate.add_argument("--top-p", type=float, default=1.0, help="with --do-sample: sample from the smallest set "
+                                                                   "of tokens whose probability reaches this")
+    generate.add_argument("--seed", type=int, default=None, help="with --do-sample: seed of the sampling generator "
+                                                                 "(the same seed, the same answer)")
     _add_store_args(generate, when="with a pipeline file, as the run had it: ")
     generate.set_defaults(handler=cmd_generate)
 
@@ -306,10 +315,20 @@ def cmd_generate(args) -> int:
             print("omniway generate: the stage output lies on URI storage; export it first "
                   "(omniway export ... --out DIR) and give DIR", file=sys.stderr)
             return 1
+    if args.temperature <= 0 or not 0 < args.top_p <= 1:
+        print(f"omniway generate: --temperature must be > 0 (got {args.temperature}) and --top-p in (0, 1] "
+              f"(got {args.top_p})", file=sys.stderr)
+        return 2
+    sampling = {}
+    if args.do_sample:
+        import torch
+
+        generator = None if args.seed is None else torch.Generator().manual_seed(args.seed)
+        sampling = dict(do_sample=True, temperature=args.temperature, top_p=args.top_p, generator=generator)
     try:
         assistant = Assistant.load(directory)
         print(assistant.answer(args.prompt, image=args.image, audio=args.audio, max_new_tokens=args.max_new_tokens,
-                               num_beams=args.num_beams))
+                               num_beams=args.num_beams, **sampling))
     except (FileNotFoundError, ValueError) as e:
         print(f"omniway generate: {e}", file=sys.stderr)
         return 1

@@ -142,7 +142,39 @@ def quiet_console() -> bool:
         return False
     dispatcher.remove_handler("ray_print_logs")
     dispatcher.add_handler("ray_print_logs", _print_quietly)
+    _divert_raylet_notices()
     return True
+
+
+# What the raylet pushes to every driver that is true of every omniway pipeline on a small node (noise by
+# nature): its worker-pool warning counts the registered Python workers against the node's CPUs, and a
+# pipeline holds zero-CPU stage tasks, Ray Train's controller and Ray Data's coordinators beside the
+# workers that compute, so 8 or more workers on 2 CPUs is how it runs, not a leak.
+_RAYLET_NOTICES = re.compile(r"worker processes have been started on node")
+
+
+def _divert_raylet_notices() -> None:
+    """Keep the raylet's `_RAYLET_NOTICES` off the console (its own `raylet.out` in the logs folder has
+    them); every other raylet
+    message (a worker killed for memory, an unhandled task error) still prints. Ray-internal: the driver's
+    error listener calls ``ray._private.worker.print_to_stdstream`` by its module-level name."""
+    import ray._private.worker as ray_worker
+
+    original = ray_worker.print_to_stdstream
+    if getattr(original, "_omniway", False):
+        return
+
+    def print_to_stdstream(data, ignore_prefix: bool):
+        if data.get("pid") == "raylet":
+            lines = data.get("lines", [])
+            kept = [line for line in lines if not _RAYLET_NOTICES.search(line)]  # raylet.out keeps them
+            if not kept:
+                return
+            data = {**data, "lines": kept}
+        original(data, ignore_prefix=ignore_prefix)
+
+    print_to_stdstream._omniway = True
+    ray_worker.print_to_stdstream = print_to_stdstream
 
 
 def ray_logs_dir() -> str | None:

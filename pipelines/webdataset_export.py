@@ -63,15 +63,16 @@ def export_webdataset(output_dir: str, storage_root: str | None, out: str) -> Ex
     if os.path.isdir(out) and os.listdir(out):
         raise ExportError(f"--out {out}: not empty; give a new or empty directory (tars from an earlier "
                           "export would mix with these)")
+    try:
+        if manifest.kind == "corpus":
+            schema.check_corpus(manifest, "export")
+        else:
+            schema.check_shards(manifest)
+    except schema.UnknownSchemaVersion as e:
+        raise ExportError(f"{output_dir}: {e}") from e
     if manifest.kind == "corpus":
-        if manifest.schema_version != schema.CORPUS_SCHEMA_VERSION:
-            raise ExportError(f"{output_dir}: corpus schema {manifest.schema_version!r} is not "
-                              f"{schema.CORPUS_SCHEMA_VERSION!r}; rerun the corpus stage")
         to_sample, notes = _corpus_sample, []
     else:
-        if manifest.schema_version not in schema.KNOWN_SHARDS_VERSIONS:
-            raise ExportError(f"{output_dir}: shards schema {manifest.schema_version!r} is not one this code "
-                              f"reads ({', '.join(schema.KNOWN_SHARDS_VERSIONS)}); rebuild the shards stage")
         to_sample, notes = _shards_writer(manifest)
     files: list[str] = []
     for split in schema.SPLITS:

@@ -13,7 +13,8 @@ time to find where the answers start (the re-tokenize-and-compare approach is wh
     enc.ids          # [bos, USER: ... ASSISTANT:, a, circle, eos]
     enc.loss_mask    # False on the prompt, True on the answer's tokens and its eos
     enc.response_start  # index of the first answer token: the prefix-LM's text_causal_start
-    template.encode_prompt(turns_ending_with_a_user_turn, sp.encode, bos_id=2, eos_id=3)  # for generation
+    ids, causal_start = template.encode_prompt(turns_ending_with_a_user_turn, sp.encode, bos_id=2, eos_id=3)
+    # for generation: causal_start = the first earlier answer's first token (None for one turn)
 
 Media placeholders (``<image>``, ``<audio>``) stay in the text as the tokenizer's special tokens; the media
 themselves go to their own segments of the multiway sequence.
@@ -22,7 +23,7 @@ themselves go to their own segments of the multiway sequence.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 ROLES = ("system", "user", "assistant")
 # the role names of LLaVA's conversations ("from") and OpenAI's messages ("role")
@@ -153,12 +154,26 @@ class ChatTemplate:
         return Encoded(ids, mask, start, users[-1], answers[-1])
 
     def encode_prompt(self, turns: Sequence[tuple[str, str]], tokenize: Callable[[str], list[int]], *,
-                      bos_id: int, eos_id: int) -> list[int]:
+                      bos_id: int, eos_id: int) -> "Prompt":
         """The ids a model is prompted with to answer the last turn, a user turn: exactly the ids ``encode``
-        gives the same conversation before that answer's first token."""
+        gives the same conversation before that answer's first token, and where training's causal part
+        starts in them (the first earlier answer's first token; None for one user turn: all bidirectional)."""
         turns = list(turns)
         if not turns or ROLE_ALIASES.get(str(turns[-1][0]).strip().lower()) != "user":
             raise ConversationError("turns_not_alternating", "a prompt ends with a user turn")
         full = self.encode([*turns, ("assistant", "x")], tokenize, bos_id=bos_id, eos_id=eos_id)
         last = max(i for i, m in enumerate(full.loss_mask) if not m) + 1  # the final answer starts here
-        return full.ids[:last]
+        return Prompt(full.ids[:last], full.response_start if full.response_start < last else None)
+
+
+class Prompt(NamedTuple):
+    """What ``ChatTemplate.encode_prompt`` returns (unpacks as ``ids, causal_start``).
+
+    Args:
+        ids: the prompt's token ids, bos first, ending where the answer starts.
+        causal_start: index of the first token of the earliest answer inside the prompt (a multi-turn
+            prompt): generation's ``text_causal_start``, as training's; None when the prompt holds no answer.
+    """
+
+    ids: list[int]
+    causal_start: int | None

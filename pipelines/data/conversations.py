@@ -10,7 +10,10 @@ Formats:
 - `llava`: LLaVA's conversation JSON, a list of `{"id", "image": "rel/path", "conversations":
   [{"from": "human" | "gpt", "value": "<image>\\n..."}]}` (`image` optional, or a list).
 - `messages`: OpenAI-style JSONL, one `{"messages": [{"role", "content"}], "images": [...], "audios": [...]}`
-  per line (LLaMA-Factory's layout).
+  per line (LLaMA-Factory's layout). `content` is a string or OpenAI's list of parts: `{"type": "text",
+  "text"}` parts joined by newlines, an `image` / `image_url` part the `<image>` placeholder at its place,
+  an `audio` / `input_audio` part `<audio>` (the files themselves come from `images` / `audios`); any other
+  part type is `unsupported_format`, any other content `read_error`.
 - `easy-vqa`: the `easy-vqa` package's shapes and questions, converted to the same conversations (its
   train split -> train, its test split -> val).
 Media paths are relative to the file that names them; a path that climbs out of it is refused later
@@ -67,6 +70,41 @@ def read_llava(source: str, path: str) -> Iterator[dict]:
         yield _record(source, key, turns, item.get("image") or [], item.get("audio") or [], base=base)
 
 
+# OpenAI content part types -> the modality whose placeholder they stand for ("text" parts give their text)
+_PART_MODALITIES = {"image": "image", "image_url": "image", "audio": "audio", "input_audio": "audio"}
+
+
+class _BadContent(ValueError):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def _content_text(content, where: str) -> str | None:
+    """A message's `content` -> its text: a string (or null) as it is, a list of parts joined in order."""
+    if content is None or isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise _BadContent("read_error", f"{where}: content is {type(content).__name__}; expected a string or a "
+                                        "list of parts")
+    from tasks.chat import PLACEHOLDERS
+
+    texts = []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind in _PART_MODALITIES:
+            texts.append(PLACEHOLDERS[_PART_MODALITIES[kind]])
+        elif isinstance(kind, str) and kind != "text":
+            raise _BadContent("unsupported_format", f"{where}, part {j + 1}: type {kind!r} (known: text, "
+                                                    f"{', '.join(_PART_MODALITIES)})")
+        else:
+            raise _BadContent("read_error", f"{where}, part {j + 1}: expected {{\"type\": \"text\", \"text\": "
+                                            f"str}} or a media part, got {json.dumps(part)[:80]}")
+    return "\n".join(texts)
+
+
 def read_messages(source: str, path: str) -> Iterator[dict]:
     base = os.path.dirname(os.path.abspath(path))
     try:
@@ -80,7 +118,11 @@ def read_messages(source: str, path: str) -> Iterator[dict]:
         key = f"{os.path.basename(path)}:{i + 1}"
         try:
             item = json.loads(line)
-            turns = [(m["role"], m["content"]) for m in item["messages"]]
+            turns = [(m["role"], _content_text(m["content"], f"line {i + 1}, message {n + 1}"))
+                     for n, m in enumerate(item["messages"])]
+        except _BadContent as e:  # the line parsed: its own id names the reject
+            yield _bad(source, str(item.get("id", key)), e.reason, str(e))
+            continue
         except (ValueError, TypeError, KeyError) as e:
             yield _bad(source, key, "read_error", f"line {i + 1}: {type(e).__name__}: {e}")
             continue

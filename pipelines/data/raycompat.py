@@ -38,6 +38,29 @@ def no_ramp_up(ds):
 FIXED_SIZE_ENV = "OMNIWAY_RAY_FIXED_SIZE"
 
 
+def wait_for_free_cpu(ray, who: str, poll_s: float = 0.5) -> float:
+    """Block until the embedded Ray has a free CPU, before ``who`` starts a Ray Data job; seconds waited.
+
+    Stages run side by side on the embedded Ray, and a data stage keeps every CPU busy with its tasks
+    (``task_pool``). A training stage starting then would launch its read job into a cluster with no free
+    CPU: the job only waits for the other stage's tasks, but Ray Data warns that it "will hang". Waiting
+    here is the same wait, said truthfully. Only on a cluster of fixed size (FIXED_SIZE_ENV): on one
+    that may autoscale, the pending job is what asks for a node, so it starts at once.
+    """
+    import time
+
+    if os.environ.get(FIXED_SIZE_ENV) != "1":
+        return 0.0
+    start, said = time.monotonic(), False
+    while not ray.available_resources().get("CPU", 0) > 0:
+        if not said and time.monotonic() - start > 2:
+            total = int(ray.cluster_resources().get("CPU", 0))
+            print(f"[{who}] waiting for a free CPU: the tasks of other stages hold all {total}", flush=True)
+            said = True
+        time.sleep(poll_s)
+    return time.monotonic() - start
+
+
 def task_pool(ray, workers: int, units: int):
     """The `compute` strategy of a task map for `workers` parallel workers: a task pool that
     keeps this many tasks submitted at once.

@@ -92,6 +92,14 @@ def check_corpus(manifest, reader: str) -> None:
             f"{CORPUS_SCHEMA_VERSION!r}. Rerun the corpus stage.")
 
 
+def check_instructions(manifest, reader: str) -> None:
+    """Refuse an instructions output of another schema version (``reader``: the stage reading it)."""
+    if manifest.schema_version != INSTRUCTIONS_SCHEMA_VERSION:
+        raise UnknownSchemaVersion(
+            f"{reader}: {manifest.stage!r} has schema {manifest.schema_version!r}; this code reads "
+            f"{INSTRUCTIONS_SCHEMA_VERSION!r}. Rerun that stage.")
+
+
 def check_shards(manifest) -> None:
     """Refuse a shards output of a schema version the reader API does not know."""
     version = manifest.schema_version

@@ -78,7 +78,8 @@ class EmbedWorker:
 
 class GenerateWorker:
     """Answers of an instruct model to each instruction row's prompt: its ids before its last answer (the
-    whole conversation before the turn the reference answers).
+    whole conversation before the turn the reference answers), attended as in training: its earlier
+    answers on (``text_causal_start`` = the first answer's first token) causal.
 
     Args:
         source: the model source (an `instruct` stage).
@@ -116,23 +117,31 @@ class GenerateWorker:
             by_group.setdefault(group_of(mods), []).append(i)
         for group, rows in by_group.items():
             cols = {c: [batch[c][i] for i in rows] for m in GROUPS[group] for c in MEDIA_COLUMNS[m]}
-            cols["text_ids"] = [np.asarray(batch["text_ids"][i])[:last_answer_start(batch["loss_mask"][i])]
-                                for i in rows]
+            starts = [answer_starts(batch["loss_mask"][i]) for i in rows]
+            cols["text_ids"] = [np.asarray(batch["text_ids"][i])[:s[-1]] for i, s in zip(rows, starts)]
             t = _to(self.collator.collate(group, cols), self.device)
+            # one-turn rows: the start is the prompt's end, the whole prompt bidirectional
+            t["text_causal_start"] = torch.tensor([s[0] for s in starts], dtype=torch.long, device=self.device)
             with torch.inference_mode():
                 for i, text in zip(rows, self.bot.generate(t, **self.decoding)):
                     answers[i] = text
         return {"sample_id": batch["sample_id"], "prediction": np.asarray(answers, dtype=object)}
 
 
-def last_answer_start(loss_mask) -> int:
-    """Index of the first token of the last answer (the last run of True in a row's loss mask): the prompt
-    of the turn the row's reference answers is everything before it (one turn: the `causal_start`)."""
+def answer_starts(loss_mask) -> list[int]:
+    """Index of the first token of each answer (each run of True in a row's loss mask), in order: the first
+    is the row's `causal_start`."""
     mask = np.asarray(loss_mask, dtype=bool)
     starts = np.flatnonzero(mask & ~np.concatenate([[False], mask[:-1]]))
     if not len(starts):
         raise ValueError("an instruction row without an answer token")
-    return int(starts[-1])
+    return [int(i) for i in starts]
+
+
+def last_answer_start(loss_mask) -> int:
+    """Index of the first token of the last answer: the prompt of the turn the row's reference answers is
+    everything before it (one turn: the `causal_start`)."""
+    return answer_starts(loss_mask)[-1]
 
 
 def _map(ds, worker, kwargs: dict, *, batch_size: int, num_workers: int, cpus: float, num_gpus: float):

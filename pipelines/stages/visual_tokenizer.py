@@ -87,6 +87,7 @@ def visual_tokenizer(ctx) -> dict[str, float]:
     from pipelines.visual_tokenizer.data import image_dataset
     from pipelines.visual_tokenizer.encoder import ENCODER_TARGET, CONFIG_REL, WEIGHTS_REL, code_usage, load_local
     from pipelines.visual_tokenizer.plots import tokenizer_figure
+    from pipelines.data.raycompat import ensure_ray, wait_for_free_cpu
     from pipelines.visual_tokenizer.task import VQKDTask
 
     cfg = ctx.config
@@ -94,6 +95,7 @@ def visual_tokenizer(ctx) -> dict[str, float]:
     corpus = ctx.input("corpus")
     schema.check_corpus(corpus, ctx.stage)
     started = time.time()
+    wait_for_free_cpu(ensure_ray(), ctx.stage)  # image_dataset materializes: a Ray Data job
     R = arch.image_resolution
     train_ds = image_dataset(corpus, "train", R, cfg.max_images, cfg.shuffle_seed, cfg.cache_decoded)
     val_ds = image_dataset(corpus, "val", R, cfg.val_images, None, True)

@@ -50,9 +50,7 @@ class InstructTask(TrainTask):
         from tasks import GROUPS, group_batch_sizes, group_of
 
         m, p = self.instructions, self.pretrained
-        if m.schema_version != schema.INSTRUCTIONS_SCHEMA_VERSION:
-            raise schema.UnknownSchemaVersion(f"instruct: {m.stage!r} has schema {m.schema_version!r}; this code "
-                                              f"reads {schema.INSTRUCTIONS_SCHEMA_VERSION!r}. Rerun that stage.")
+        schema.check_instructions(m, "instruct")
         config = ModelConfig.from_dict(p.extra["model_config"])
         self.model_config = config.to_dict()
         if self.cfg.abstractor_queries:
@@ -216,7 +214,8 @@ class InstructTask(TrainTask):
             room = module.backbone.config.text.max_positions - module.backbone.config.position_offset - start
             out = generate(module.backbone, module.logits, inputs, max_new_tokens=max(1, min(16, room)),
                            eos_id=ids.eos_id, pad_id=ids.pad_id)
-            answer = t["text_ids"][i][t["loss_mask"][i]].tolist()
+            # only the first answer is generated: the reference is that answer, not every answer of the row
+            answer = t["text_ids"][i, start:first_answer_stop(t["loss_mask"][i].tolist(), start)].tolist()
             rows.append({"group": group, "prompt": t["text_ids"][i, :start].tolist(),
                          "generated": out.tokens[0, :int(out.lengths[0])].tolist(), "reference": answer})
             self.thumbnails.append(_thumbnail(t, i))
@@ -264,6 +263,15 @@ class InstructTask(TrainTask):
         return [MODEL_FILE, HEAD_FILE, INSTRUCT_FILE, SAMPLES_FILE]
 
 
+def first_answer_stop(loss_mask: list[bool], start: int) -> int:
+    """End (exclusive) of the answer span that begins at ``start`` (a row's ``causal_start``): the run of
+    supervised tokens from there, the answer and its eos."""
+    stop = start
+    while stop < len(loss_mask) and loss_mask[stop]:
+        stop += 1
+    return stop
+
+
 def _thumbnail(t: dict, i: int):
     """Row ``i``'s media as a small PIL image for the validation table: the image (pixels (B, 3, S, S) in
     [-1, 1]), else the log-mel (fbank (B, T, M), per-utterance normalised; low mels at the bottom), else blank."""
@@ -271,7 +279,9 @@ def _thumbnail(t: dict, i: int):
     from PIL import Image
 
     if "pixels" in t:
-        x = ((t["pixels"][i].float().clamp(-1, 1) + 1) * 127.5).byte().permute(1, 2, 0).cpu().numpy()
+        from model.pixels import to_uint8_pixels
+
+        x = to_uint8_pixels(t["pixels"][i].float()).permute(1, 2, 0).cpu().numpy()
         return Image.fromarray(np.ascontiguousarray(x)).resize((64, 64))
     if "fbank" in t:
         f = t["fbank"][i, :int(t["fbank_frames"][i])].float().cpu().numpy().T[::-1]  # (M, T)

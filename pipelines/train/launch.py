@@ -65,6 +65,11 @@ def fit_stage(ctx, task, train: TrainConfig, *, export_to: str | None = None) ->
         the ``FitResult``; ``result.files`` lists the copied file names. The manifest's
         ``extra.train_run`` records where the run lives and its final checkpoint.
     """
+    import ray
+
+    from pipelines.data.raycompat import wait_for_free_cpu
+
+    wait_for_free_cpu(ray, ctx.stage)  # the task's read jobs start in fit; see wait_for_free_cpu
     storage_path = train_storage_path(ctx)
     result = fit(task, train, name=ctx.key, storage_path=storage_path, tracking_uri=ctx.tracking_uri,
                  run_id=ctx.run_id, fresh=ctx.forced)

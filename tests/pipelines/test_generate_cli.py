@@ -89,3 +89,57 @@ def test_generate_command(instruct_dir, tmp_path):
     a = cli_run("generate", str(instruct_dir), "hello", "--max-new-tokens", "4")
     b = cli_run("generate", str(tmp_path / "exported"), "hello", "--max-new-tokens", "4")
     assert a[0] == b[0] == 0 and a[1] == b[1]
+
+
+def test_generate_command_samples_with_a_seed(instruct_dir):
+    args = ("generate", str(instruct_dir), "what shape is it?", "--max-new-tokens", "6")
+    greedy = cli_run(*args)
+    a = cli_run(*args, "--do-sample", "--temperature", "3.0", "--seed", "5")
+    b = cli_run(*args, "--do-sample", "--temperature", "3.0", "--seed", "5")
+    assert greedy[0] == a[0] == b[0] == 0, (a[2], b[2])
+    assert a[1] == b[1]  # one seed, one answer
+    # flat sampling over a 60-piece vocabulary: some seed of a few leaves the greedy answer
+    others = {cli_run(*args, "--do-sample", "--temperature", "3.0", "--seed", str(s))[1] for s in range(4)}
+    assert others - {greedy[1]}, others
+    # a nucleus too small for a second token is greedy
+    nucleus = cli_run(*args, "--do-sample", "--top-p", "1e-6", "--seed", "1")
+    assert nucleus[0] == 0 and nucleus[1] == greedy[1]
+    code, _, err = cli_run(*args, "--do-sample", "--top-p", "0")
+    assert code == 2 and "--top-p in (0, 1]" in err
+    code, _, err = cli_run(*args, "--do-sample", "--num-beams", "2")
+    assert code == 1 and "beam search with sampling" in err
+
+
+def test_history_prompt_is_the_training_conversation_and_the_evaluate_worker_agrees(instruct_dir):
+    from pipelines.evaluation.workers import GenerateWorker
+    from pipelines.generate import Assistant
+    from pipelines.manifest import Manifest
+
+    bot = Assistant.load(str(instruct_dir))
+    image = str(instruct_dir / "shape.png")
+    history = [("what shape is it?", "a red circle")]
+    x = bot.inputs("what colour is it?", image=image, history=history)
+    # the ids are the training conversation's before the last answer; its first answer starts the causal part
+    turns = [("user", "<image>\nwhat shape is it?"), ("assistant", "a red circle"), ("user", "what colour is it?"),
+             ("assistant", "red")]
+    enc = bot.template.encode(turns, bot.sp.encode, bos_id=2, eos_id=3)
+    last = max(i for i, m in enumerate(enc.loss_mask) if not m) + 1
+    assert x["text_ids"][0].tolist() == enc.ids[:last]
+    assert x["text_causal_start"].tolist() == [enc.response_start] and enc.response_start < last
+    assert "text_causal_start" not in bot.inputs("what shape is it?", image=image)  # one turn: bidirectional
+    with pytest.raises(ValueError, match=r"history\[0\]: expected a \(user, assistant\) pair"):
+        bot.inputs("q", history=[("only a question",)])
+    answer = bot.answer("what colour is it?", image=image, history=history, max_new_tokens=5)
+    bidirectional = bot.generate({k: v for k, v in x.items() if k != "text_causal_start"}, max_new_tokens=5)[0]
+    assert answer != bidirectional  # this model answers differently without the causal part: the check bites
+    # the evaluate stage's worker, on the stored row of the same conversation, prompts the same way
+    worker = GenerateWorker({"kind": "instruct", "manifest": Manifest(dir=str(instruct_dir), data={})},
+                            {"max_new_tokens": 5}, resolution=48, ids=bot.ids)
+    from pipelines.data.image import image_pixels, normalize_image
+    from pipelines.stages.corpus import ImageLimits
+
+    pixels = image_pixels(normalize_image((instruct_dir / "shape.png").read_bytes(), ImageLimits(), "png"), 48)
+    batch = {"sample_id": np.asarray(["two-turns"], dtype=object), "modalities": [["text", "image"]],
+             "text_ids": [np.asarray(enc.ids)], "loss_mask": [np.asarray(enc.loss_mask)],
+             "pixels": [pixels.tobytes()]}
+    assert worker(batch)["prediction"].tolist() == [answer]

@@ -85,7 +85,27 @@ def write_fixtures(root) -> tuple[str, str]:
         {"messages": [{"role": "user", "content": "<image> <image> two?"}, {"role": "assistant", "content": "no"}],
          "images": ["media/0.png", "media/1.png"]},
     ]
-    (root / "chat.jsonl").write_text("\n".join(json.dumps(m) for m in messages) + "\n{not json\n")
+    # OpenAI's content parts: text joined, media parts their placeholders in place, anything else refused
+    parts = [
+        {"id": "parts", "messages": [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is it?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "random"}, {"type": "text", "text": "noise"}]}],
+         "images": ["media/1.png"]},
+        {"id": "parts-url-audio", "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "do"},
+                                         {"type": "image_url", "image_url": {"url": "media/2.png"}},
+                                         {"type": "text", "text": "and"},
+                                         {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}},
+                                         {"type": "text", "text": "match?"}]},
+            {"role": "assistant", "content": "yes"}], "images": ["media/2.png"], "audios": ["media/clip.wav"]},
+        {"id": "video-part", "messages": [
+            {"role": "user", "content": [{"type": "video", "video": "clip.mp4"}, {"type": "text", "text": "hi"}]},
+            {"role": "assistant", "content": "x"}]},
+        {"id": "dict-content", "messages": [{"role": "user", "content": {"text": "hi"}},
+                                            {"role": "assistant", "content": "x"}]},
+    ]
+    (root / "chat.jsonl").write_text("\n".join(json.dumps(m) for m in messages) + "\n{not json\n"
+                                     + "\n".join(json.dumps(m) for m in parts) + "\n")
     return str(root / "llava.json"), str(root / "chat.jsonl")
 
 
@@ -101,10 +121,16 @@ def built(tmp_path_factory, local_ray_module):
         (corpus_dir / f"{i}.png").write_bytes(png(20 + i))
         rows.append({"image": f"{i}.png", "text": " ".join(WORDS[i:i + 5]), "label": i % 3})
     rows.append({"text": " ".join(WORDS[:8])})
+    # audio + text: a read transcript in `pics`, a spoken description in `talk` (a spoken-caption source)
+    (corpus_dir / "read.wav").write_bytes(wav(0.3))
+    (corpus_dir / "told.wav").write_bytes(wav(0.4))
+    rows.append({"audio": "read.wav", "text": "seven red birds"})
     (corpus_dir / "index.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (corpus_dir / "talk.jsonl").write_text(json.dumps({"audio": "told.wav", "text": "a dog on a lazy day"}))
     storage = Storage(str(root.parent / "store"))
     corpus = run(storage, "corpus", "corpus", CorpusConfig(
-        sources=[SourceConfig(name="pics", format="jsonl", path=str(corpus_dir / "index.jsonl"))],
+        sources=[SourceConfig(name="pics", format="jsonl", path=str(corpus_dir / "index.jsonl")),
+                 SourceConfig(name="talk", format="jsonl", path=str(corpus_dir / "talk.jsonl"))],
         val_fraction=0.0, rows_per_file=16), {}, "c")
     tok = run(storage, "tok", "text-tokenizer", TextTokenizerConfig(vocab_size=120, seed=0), {"corpus": corpus}, "t")
     cfg = InstructionsConfig(
@@ -113,6 +139,7 @@ def built(tmp_path_factory, local_ray_module):
                  ConversationSource(name="vqa", format="easy-vqa", limit=6)],
         max_text_tokens=160, image_resolution=16, rows_per_file=8, records_per_task=4, val_fraction=0.0)
     cfg.tasks.label_questions = {"pics": "which class is it?"}
+    cfg.tasks.spoken_caption_sources = ["talk"]
     inputs = {"tok": tok, "corpus": corpus}
     out = run(storage, "instructions", "instructions", cfg, inputs, "i")
     return out, tok, (storage, cfg, inputs)
@@ -134,6 +161,7 @@ def test_every_reject_reason_and_the_accounting(built):
         "llava/long": "no_supervised_tokens", "llava/broken": "corrupt_image",
         "llava/gone": "missing_member", "llava/escape": "unsafe_path",
         "chat/chat.jsonl:3": "unsupported_format", "chat/chat.jsonl:4": "read_error",
+        "chat/video-part": "unsupported_format", "chat/dict-content": "read_error",
     }
     counts = m.extra["counts"]
     assert counts["read"] == counts["accepted"] + counts["rejected"]
@@ -165,12 +193,30 @@ def test_rows_hold_media_features_and_a_consistent_mask(built):
     assert [sp.decode(s[:-1]) for s in spans] == ["random noise", "many colours"]
     assert all(s[-1] == sp.eos_id() for s in spans)
     assert not mask[two["causal_start"] - 1] and mask[two["causal_start"]]
+    # validation's reference is the first answer only (the one generated from the first prompt)
+    from pipelines.train.instruct_task import first_answer_stop
+
+    stop = first_answer_stop(mask, two["causal_start"])
+    assert sp.decode(ids[two["causal_start"]:stop - 1]) == "random noise" and ids[stop - 1] == sp.eos_id()
     assert (two["prompt"], two["answer"]) == ("what colour?", "many colours")
     audio = rows["chat/chat.jsonl:1"]
     assert audio["modalities"] == ["text", "audio"] and audio["fbank_frames"] > 0
     assert len(audio["fbank"]) == audio["fbank_frames"] * 128 * 2
     assert rows["chat/both"]["modalities"] == ["text", "image", "audio"]
     assert rows["llava/text-only"]["modalities"] == ["text"]
+
+
+def test_messages_content_parts_become_text_and_placeholders(built):
+    m, _, _ = built
+    rows = {r["sample_id"]: r for r in table(m, "train/") + table(m, "val/")}
+    parts = rows["chat/parts"]
+    assert (parts["prompt"], parts["answer"]) == ("<image>\nwhat is it?", "random\nnoise")
+    assert parts["modalities"] == ["text", "image"]
+    both = rows["chat/parts-url-audio"]
+    assert both["prompt"] == "do\n<image>\nand\n<audio>\nmatch?" and both["modalities"] == ["text", "image", "audio"]
+    details = {r["key"]: r["detail"] for r in table(m, "rejects/")}
+    assert "type 'video'" in details["chat/video-part"] and "{'text'" not in details["chat/dict-content"]
+    assert "content is dict" in details["chat/dict-content"]
 
 
 def test_easy_vqa_and_corpus_tasks_go_through_the_same_path(built):
@@ -186,6 +232,14 @@ def test_easy_vqa_and_corpus_tasks_go_through_the_same_path(built):
     tasks = m.extra["rows_per_task"]
     assert tasks["caption"] == 8 and tasks["label"] == 8 and tasks["match"] == 8
     assert tasks["match_negative"] == 8 and tasks["infill"] == 1
+    assert tasks["transcribe"] == 1 and tasks["spoken_caption"] == 1
+    templates = InstructionsConfig().tasks
+    transcribe = next(r for r in rows if r["task"] == "transcribe")
+    assert (transcribe["prompt"], transcribe["answer"]) == ("<audio>\n" + templates.transcribe, "seven red birds")
+    spoken = next(r for r in rows if r["task"] == "spoken_caption")
+    assert (spoken["prompt"], spoken["answer"]) == ("<audio>\n" + templates.spoken_caption, "a dog on a lazy day")
+    for r in (transcribe, spoken):
+        assert r["modalities"] == ["text", "audio"] and r["fbank_frames"] > 0 and r["pixels"] is None
     label = next(r for r in rows if r["task"] == "label")
     assert label["prompt"].endswith("which class is it?") and label["answer"] in ("0", "1", "2")
     negative = [r for r in rows if r["task"] == "match_negative"]

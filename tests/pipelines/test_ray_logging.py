@@ -62,3 +62,47 @@ def run(mode: str) -> str:
 def test_train_run_on_embedded_ray_without_dashboard_logs_no_state_api_warnings():
     assert WARNING in run("plain")  # the noise exists without the set-up...
     assert WARNING not in run("omniway")  # ...and connect_ray's worker set-up removes it
+
+
+POOL_WARNING = "worker processes have been started on node"
+POOL_SCRIPT = textwrap.dedent("""
+    import sys, tempfile, time
+
+    import ray
+    from pipelines.config import load_pipeline
+    from pipelines.runner import connect_ray
+
+    spec = load_pipeline("pipelines/configs/demo.yaml", workdir=tempfile.mkdtemp())
+    connect_ray(spec, verbose=sys.argv[1] == "verbose")
+
+    @ray.remote(num_cpus=0)
+    class Idle:  # a pipeline's zero-CPU workers: stage tasks, Ray Train's controller, Ray Data's coordinators
+        def ready(self):
+            return True
+
+    actors = [Idle.remote() for _ in range(18)]  # the notice counts 8 past the IO workers
+    ray.get([a.ready.remote() for a in actors])
+    time.sleep(10)  # let the raylet's notice reach the driver
+
+    # any other raylet message still prints (the driver's error listener hands it to this function)
+    ray._private.worker.print_to_stdstream({"lines": ["a worker was killed for memory"], "pid": "raylet",
+                                            "is_err": False}, ignore_prefix=False)
+    del actors
+    print("done")
+""")
+
+
+def test_the_raylets_worker_pool_notice_stays_in_the_logs_and_its_other_messages_print():
+    """18 zero-CPU actors on 2 CPUs: the raylet's "N worker processes have been started" notice prints
+    with --verbose (Ray as it is) and not on the quiet console; the raylet's other messages still do."""
+    env = {**os.environ, "PYTHONPATH": REPO, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    outs = {}
+    for mode in ("verbose", "quiet"):
+        proc = subprocess.run([sys.executable, "-c", POOL_SCRIPT, mode], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=240)
+        outs[mode] = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and "done" in outs[mode], outs[mode][-3000:]
+    assert POOL_WARNING in outs["verbose"]
+    assert POOL_WARNING not in outs["quiet"]
+    assert "a worker was killed for memory" in outs["quiet"]

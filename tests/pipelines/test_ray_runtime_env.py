@@ -58,3 +58,34 @@ def test_task_pool_queues_every_task_only_on_a_cluster_that_cannot_grow(monkeypa
     assert task_pool(ray, cpus, 1).size == 1
     if cpus > 1:  # more CPUs than workers: submitted tasks would run at once, none is queued
         assert task_pool(ray, cpus - 1, 40).size == cpus - 1
+
+
+def test_a_stage_waits_for_a_free_cpu_instead_of_starting_a_job_that_cannot_run(local_ray, monkeypatch, capsys):
+    """Another stage's tasks hold every CPU: on the embedded Ray the training stage waits (and says so)
+    until one frees, so its read job never starts into a cluster with no free CPU (Ray Data's "will hang"
+    warning); on a cluster that may autoscale it does not wait."""
+    import time
+
+    from pipelines.data.raycompat import wait_for_free_cpu
+
+    ray = local_ray
+    cpus = int(ray.cluster_resources()["CPU"])
+
+    @ray.remote(num_cpus=1)
+    def hold(seconds):
+        time.sleep(seconds)
+
+    monkeypatch.delenv(FIXED_SIZE_ENV, raising=False)
+    held = [hold.remote(4) for _ in range(cpus)]
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU", 0) > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not ray.available_resources().get("CPU", 0) > 0, "the holding tasks never started"
+    assert wait_for_free_cpu(ray, "pretrain") == 0.0  # may autoscale: the pending job asks for a node
+    monkeypatch.setenv(FIXED_SIZE_ENV, "1")
+    waited = wait_for_free_cpu(ray, "pretrain", poll_s=0.05)
+    assert ray.available_resources().get("CPU", 0) > 0
+    assert waited > 2
+    assert f"[pretrain] waiting for a free CPU: the tasks of other stages hold all {cpus}" in capsys.readouterr().out
+    ray.get(held)
+    assert wait_for_free_cpu(ray, "pretrain") < 0.5  # a free CPU: no wait

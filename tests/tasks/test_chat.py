@@ -30,9 +30,13 @@ def test_multi_turn_loss_mask_token_by_token():
     assert enc.loss_mask == mask
     assert enc.response_start == 1 + len(tok(pieces[0][0]))  # the first answer token
     assert (enc.prompt, enc.answer) == ("q2", "a2")
-    # the prompt for generation is exactly the ids before the last answer
-    prompt = ChatTemplate().encode_prompt(turns[:-1], tok, bos_id=BOS, eos_id=EOS)
+    # the prompt for generation is exactly the ids before the last answer; its causal part starts where
+    # training's does (the first answer), so generation attends to it as training did
+    prompt, causal_start = ChatTemplate().encode_prompt(turns[:-1], tok, bos_id=BOS, eos_id=EOS)
     assert prompt == ids[:len(ids) - len(tok("a2")) - 1]
+    assert causal_start == enc.response_start and mask[causal_start] and not any(mask[:causal_start])
+    one = ChatTemplate().encode_prompt(turns[:2], tok, bos_id=BOS, eos_id=EOS)
+    assert one.ids == ids[:enc.response_start] and one.causal_start is None  # one turn: all bidirectional
 
 
 def test_cut_keeps_alignment_and_refuses_a_sample_with_no_answer_left():
