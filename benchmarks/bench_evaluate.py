@@ -1,10 +1,13 @@
-"""Peak memory and time of the evaluate stage's retrieval metrics: chunked exact ranks
-(`tasks.retrieval.retrieval_scores`) against the plain full-matrix computation.
+"""Peak memory and time of the evaluate stage's retrieval metrics: chunked exact ranks against the plain
+full-matrix computation.
 
 Data: N random unit query embeddings (dim 256, fp32) and N candidates, candidate i = query i plus
-Gaussian noise (norm 3.5x the signal), re-normalised, so R@k is neither 0 nor 1; labels all distinct
-(query i's only positive is candidate i). The chunked run is the evaluate stage's call: R@1/5/10, mean
-and median rank, chance levels and the top-10 candidates per query, `chunk_size` 4096.
+Gaussian noise (norm 3.5x the signal), re-normalised, so R@k is neither 0 nor 1; query i's only positive
+is candidate i. The chunked run is the evaluate stage's call (`--scores pairs`, the default:
+`tasks.retrieval.pair_retrieval_scores` with one positive index list per query, what the retrieval suite
+calls) or the label form (`--scores labels`: `tasks.retrieval.retrieval_scores`, labels all distinct):
+R@1/5/10, mean and median rank, chance levels and the top-10 candidates per query, `chunk_size` 4096.
+The positive lists are built before the peak is reset: they are the suite's input, not the metric's.
 
   chunked 100k    100,000 x 100,000 (the full matrix would be 40 GB of fp32)
   chunked / full  at the largest N where the full matrix fits (`--full-n` overrides), with the same R@k
@@ -28,6 +31,7 @@ the reset pages in torch's kernels, so their code pages do not count. Time is th
 Last line: `retrieval_peak_mb_100k: <peak extra MB of the chunked 100k run>` (target <= 1,024).
 
     python benchmarks/bench_evaluate.py [--n 100000] [--full-n N] [--max-full-n 50000] [--chunk-size 4096]
+                                        [--scores pairs|labels]
 
 A quick check of the script itself: `--n 3000 --full-n 2000` (the last line then names the 3,000 run).
 """
@@ -45,7 +49,7 @@ WORKER = r"""
 import json, os, resource, sys, time
 import torch
 sys.path.insert(0, os.getcwd())
-from tasks.retrieval import retrieval_scores
+from tasks.retrieval import pair_retrieval_scores, retrieval_scores
 
 def rss_kb(field):
     for line in open("/proc/self/status"):
@@ -61,16 +65,23 @@ def full_matrix(q, c, ks):
     rank = ((sim >= best) & ~positive).sum(1) + 1
     return {f"r@{k}": int((rank <= k).sum()) / len(rank) for k in ks}, rank
 
-mode, n, chunk = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+mode, n, chunk, rank_path, scores = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 g = torch.Generator().manual_seed(0)
 q = torch.randn(n, 256, generator=g)
 q.div_(q.norm(dim=1, keepdim=True))
 c = torch.randn(n, 256, generator=g).mul_(3.5 / 16).add_(q)  # noise of norm ~3.5 (sqrt(256) = 16)
 c.div_(c.norm(dim=1, keepdim=True))
 ks = (1, 5, 10)
+positives = [[i] for i in range(n)] if scores == "pairs" else None  # query i's positive: candidate i
+
+def chunked(q, c, positives):
+    if scores == "pairs":  # the retrieval suite's call (pipelines/evaluation/embedding_suites.py)
+        return pair_retrieval_scores(q, c, positives, ks=ks, chunk_size=chunk, return_topk=10)
+    return retrieval_scores(q, c, ks=ks, chunk_size=chunk, return_topk=10)
+
 # warm-up on 64 rows: the first call pages in torch's kernels (code, thread pools), which is not the
 # metric's memory
-full_matrix(q[:64], c[:64], ks), retrieval_scores(q[:64], c[:64], ks=ks, chunk_size=chunk, return_topk=10)
+full_matrix(q[:64], c[:64], ks), chunked(q[:64], c[:64], positives and positives[:64])
 try:
     open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM to the current RSS
     how = "VmHWM after /proc/self/clear_refs reset"
@@ -81,12 +92,12 @@ t = time.perf_counter()
 if mode == "full":
     recall, rank = full_matrix(q, c, ks)
 else:
-    out = retrieval_scores(q, c, ks=ks, chunk_size=chunk, return_topk=10)
+    out = chunked(q, c, positives)
     recall, rank = {f"r@{k}": out[f"r@{k}"] for k in ks}, out["ranks"]
 seconds = time.perf_counter() - t
 peak = rss_kb("VmHWM") if how.startswith("VmHWM") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-if sys.argv[4:] and sys.argv[4]:
-    torch.save(rank, sys.argv[4])
+if rank_path:
+    torch.save(rank, rank_path)
 print(json.dumps({"seconds": seconds, "peak_extra_mb": (peak - before) / 1024, "inputs_mb": before / 1024,
                   "recall": recall, "how": how}))
 """
@@ -109,9 +120,9 @@ def choose_full_n(requested: int | None, cap: int) -> tuple[int, str]:
                f"(peak ~{n * n * FULL_BYTES_PER_SCORE / 2**30:.1f} GiB)")
 
 
-def measure(mode: str, n: int, chunk: int, rank_path: str) -> dict:
+def measure(mode: str, n: int, chunk: int, rank_path: str, scores: str) -> dict:
     """One measurement in a fresh interpreter (so earlier runs' peaks and caches do not count)."""
-    out = subprocess.run([sys.executable, "-c", WORKER, mode, str(n), str(chunk), rank_path],
+    out = subprocess.run([sys.executable, "-c", WORKER, mode, str(n), str(chunk), rank_path, scores],
                          capture_output=True, text=True, check=True, cwd=os.path.dirname(os.path.dirname(
                              os.path.abspath(__file__))))
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -144,15 +155,19 @@ def main() -> None:
                         help="N of the full-matrix comparison (default: the largest that fits, see the docstring)")
     parser.add_argument("--max-full-n", type=int, default=50_000)
     parser.add_argument("--chunk-size", type=int, default=4096)
+    parser.add_argument("--scores", choices=("pairs", "labels"), default="pairs",
+                        help="pairs: pair_retrieval_scores, the retrieval suite's call; labels: retrieval_scores")
     args = parser.parse_args()
     print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs "
           f"(affinity {len(os.sched_getaffinity(0))}), torch {torch.__version__} "
           f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
     args.full_n, how_n = choose_full_n(args.full_n, args.max_full_n)
     print(f"full-matrix N: {how_n}")
+    call = {"pairs": "pair_retrieval_scores (the retrieval suite's call)", "labels": "retrieval_scores"}
+    print(f"chunked: tasks.retrieval.{call[args.scores]}, chunk_size {args.chunk_size:,}")
     with tempfile.TemporaryDirectory() as tmp:
-        chunked_small = measure("chunked", args.full_n, args.chunk_size, f"{tmp}/chunked.pt")
-        full_small = measure("full", args.full_n, args.chunk_size, f"{tmp}/full.pt")
+        chunked_small = measure("chunked", args.full_n, args.chunk_size, f"{tmp}/chunked.pt", args.scores)
+        full_small = measure("full", args.full_n, args.chunk_size, f"{tmp}/full.pt", args.scores)
         differ = int((torch.load(f"{tmp}/chunked.pt") != torch.load(f"{tmp}/full.pt")).sum())
     print(f"memory: {chunked_small['how']}")
     for name, m in ((f"full matrix {args.full_n:,}", full_small), (f"chunked {args.full_n:,}", chunked_small)):
@@ -162,7 +177,7 @@ def main() -> None:
     print(f"R@k identical at {args.full_n:,}: yes")
     print(f"full_over_chunked_peak_mb at {args.full_n:,}: "
           f"{full_small['peak_extra_mb'] / max(chunked_small['peak_extra_mb'], 1):.1f}")
-    big = measure("chunked", args.n, args.chunk_size, "")  # ranks not saved
+    big = measure("chunked", args.n, args.chunk_size, "", args.scores)  # ranks not saved
     print(line(f"chunked {args.n:,}", big))
     print(f"retrieval_peak_mb_100k: {big['peak_extra_mb']:.0f}")
 

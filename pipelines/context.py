@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -23,8 +24,9 @@ class StageContext:
         inputs: upstream stage name -> its committed `Manifest`, in `needs` order.
         output_dir: a fresh local directory; everything written here becomes the
             stage output when the function returns without raising.
-        run_id: this stage's MLflow run id (None when tracking is off).
-        tracking_uri: the MLflow tracking URI to log to.
+        run_id: this stage's MLflow run id (None when tracking is off, or MLflow did not start the run:
+            then what the stage logs is kept in its output).
+        tracking_uri: the MLflow tracking URI to log to (None: tracking is off, logging is a no-op).
         storage_uri: the storage root, for stages that write straight to it.
         forced: the user asked for this run although an output for the key exists (``--force``):
             stages that resume (training) start over instead.
@@ -46,7 +48,7 @@ class StageContext:
     sha256: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     schema_version: str | None = None
-    _client: Any = field(default=None, repr=False)
+    _sender: Any = field(default=None, repr=False)
     _scratch: list[str] = field(default_factory=list, repr=False)
 
     # -- inputs ------------------------------------------------------------
@@ -85,26 +87,47 @@ class StageContext:
             shutil.rmtree(self._scratch.pop(), ignore_errors=True)
 
     # -- tracking ----------------------------------------------------------
-    @property
-    def client(self):
-        if self._client is None and self.run_id:
-            from mlflow.tracking import MlflowClient
+    # Through a background sender (pipelines.train.metrics_sender): a call appends to a local spool and
+    # returns, whatever MLflow does; what is not sent when the stage ends is kept in its output.
+    def _spool(self):
+        if self._sender is None and self.tracking_uri:
+            from pipelines.train.metrics_sender import MetricsSender
 
-            self._client = MlflowClient(self.tracking_uri)
-        return self._client
+            self._sender = MetricsSender(self.tracking_uri, self.run_id, self.scratch_dir())
+        return self._sender
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Log metrics to this stage's MLflow run (no-op when tracking is off). What the stage function
         returns is logged by the runner when the stage ends: this is for metrics along the way."""
-        if not self.client or not metrics:
-            return
-        from pipelines.tracking import log_metrics
+        from pipelines.tracking import metric_values
 
-        log_metrics(self.client, self.run_id, metrics, step or 0)
+        values = metric_values(metrics or {})
+        if values and (sender := self._spool()) is not None:
+            sender.metrics(values, step or 0)
 
     def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
-        """Attach a file (a plot, a table) to this stage's MLflow run."""
-        if self.client:
-            from pipelines.tracking import log_artifact
+        """Attach a file (a plot, a table) to this stage's MLflow run, under ``artifact_path``. The file is
+        taken at once (the stage may remove it); one that is not there is no error (a plot not drawn)."""
+        if (sender := self._spool()) is not None:
+            sender.artifact(local_path, artifact_path)
 
-            log_artifact(self.client, self.run_id, local_path, artifact_path)
+    def log_table(self, columns: dict[str, list], artifact_file: str) -> None:
+        """An MLflow table (``MlflowClient.log_table``) as ``artifact_file``; a column may hold PIL images."""
+        if columns and (sender := self._spool()) is not None:
+            sender.table(columns, artifact_file)
+
+    def close_tracking(self, keep: bool = True, timeout_s: float | None = None) -> int:
+        """End this stage's logging: give the sender ``timeout_s`` (default ``STAGE_DRAIN_S``) to send what
+        is left, then (``keep``) write what it could not into the output (``UNSENT_FILE``, for `omniway
+        sync-metrics`) and say so. Returns the number of lines kept. The runner calls it when the stage
+        function returns (``keep``) or raises (the output is discarded, and what was not sent with it)."""
+        sender, self._sender = self._sender, None
+        if sender is None:
+            return 0
+        from pipelines.train.metrics_sender import STAGE_DRAIN_S, UNSENT_FILE, keep_unsent
+
+        timeout_s = STAGE_DRAIN_S if timeout_s is None else timeout_s
+        if not keep:
+            sender.close(timeout_s)
+            return 0
+        return keep_unsent(sender, timeout_s, os.path.join(self.output_dir, UNSENT_FILE), self.kind)

@@ -4,6 +4,8 @@
 single kind): it builds the `StageContext`, calls the kind, lists and hashes
 what it wrote, and commits the directory with `_manifest.json` written last.
 If the kind raises, the work directory is removed and nothing is committed.
+What the stage logged to MLflow and the server did not take by then is kept in
+the output (``unsent_metrics.jsonl``): a tracking failure never loses a stage.
 A full disk (ENOSPC / EDQUOT while the stage writes, or while its manifest is
 written) is reported as a `DiskFullError` that names the filesystem and the
 space free there; nothing of the stage's output is left behind.
@@ -171,6 +173,10 @@ def execute_stage(*, pipeline: str, stage: str, kind: str, key: str, config: Any
         if not isinstance(metrics, dict):
             raise TypeError(f"stage kind {kind!r} returned {type(metrics).__name__}, "
                             "expected a dict of metrics")
+        # what the stage logged and MLflow did not take in time becomes part of the output, not lost
+        unsent = ctx.close_tracking()
+        if unsent:
+            ctx.extra["tracking_unsent"] = unsent
         files = describe_files(work_dir, ctx.rows, ctx.sha256)
         data = {
             "format": MANIFEST_FORMAT,
@@ -192,6 +198,10 @@ def execute_stage(*, pipeline: str, stage: str, kind: str, key: str, config: Any
             "fingerprint": fingerprint_of(key, files),
         }
     except BaseException as exc:
+        try:  # the output is discarded: so is what its logging did not send (a few seconds to send it)
+            ctx.close_tracking(keep=False, timeout_s=5.0 if isinstance(exc, Exception) else 0.0)
+        except Exception:
+            pass
         _fail(exc, storage, work_dir, stage=stage, key=key, fs_path=fs_path)
         raise
     finally:

@@ -214,7 +214,8 @@ def _run(spec, storage, plans, results, report, only, from_, to, force, address,
     tracker.log_pipeline(spec.resolved_yaml(), {
         "pipeline": spec.name, "selection.only": ",".join(only or []), "selection.from": from_ or "",
         "selection.to": to or "", "selection.force": force})
-    echo(f"omniway: MLflow run {tracker.parent_id} ({spec.tracking_uri})")
+    if tracker.parent_id:  # else the tracker said why the run is not tracked
+        echo(f"omniway: MLflow run {tracker.parent_id} ({spec.tracking_uri})")
     started_ray = False
     try:
         started_ray = connect_ray(spec, address, verbose=verbose)
@@ -345,12 +346,22 @@ def format_summary(report: RunReport) -> str:
 
 def current_outputs(spec: PipelineSpec, stages=(), kind: str | None = None) -> list[tuple[str, Manifest | None]]:
     """(stage name, its committed output at its current cache key, or None) of the pipeline's stages (of
-    ``kind``, among ``stages`` when given), in pipeline order."""
+    ``kind``, among ``stages`` when given), in pipeline order. A damaged output (``pipelines.integrity``) is
+    None, and said so on stderr."""
     storage = Storage(spec.storage)
     plans = plan(spec, storage, set(spec.stages))
     names = [n for n, s in spec.stages.items() if (kind is None or s.uses == kind) and (not stages or n in stages)]
-    return [(n, Manifest(dir=storage.output_dir(spec.name, n, plans[n].key), data=plans[n].manifest,
-                         storage_uri=spec.storage) if plans[n].manifest else None) for n in names]
+    out = []
+    for n in names:
+        p = plans[n]
+        if p.state == "damaged":  # its files are not what its manifest lists: nothing may read them
+            import sys
+
+            print(f"omniway: stage {n!r}'s output is {p.reason}: it is not read; `omniway run {spec.path}` "
+                  "rebuilds it", file=sys.stderr)
+        out.append((n, Manifest(dir=storage.output_dir(spec.name, n, p.key), data=p.manifest, storage_uri=spec.storage)
+                    if p.manifest and p.state != "damaged" else None))
+    return out
 
 
 def stage_status(spec: PipelineSpec) -> list[dict]:

@@ -48,20 +48,14 @@ def metric_values(metrics: dict) -> dict[str, float]:
 
 def log_metrics(client, run_id: str, metrics: dict, step: int = 0) -> None:
     """Log ``metrics`` (``metric_values``) to MLflow run ``run_id``, split at MLflow's batch limit: the one
-    synchronous metric writer (stage contexts, the pipeline tracker; the training loop's rank 0 spools
-    through ``pipelines.train.metrics_sender``)."""
+    synchronous metric writer (the pipeline tracker's bookkeeping, `sync-metrics`; what stages log along the
+    way is spooled through ``pipelines.train.metrics_sender``)."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     items = [Metric(k, v, now, int(step)) for k, v in metric_values(metrics).items()]
     for i in range(0, len(items), MAX_METRICS_PER_BATCH):
         client.log_batch(run_id, metrics=items[i:i + MAX_METRICS_PER_BATCH])
-
-
-def log_artifact(client, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
-    """Attach a file to MLflow run ``run_id`` if it exists (a plot that could not be drawn is no error)."""
-    if os.path.exists(local_path):
-        client.log_artifact(run_id, local_path, artifact_path)
 
 
 def metric_name(key: str) -> str:
@@ -156,28 +150,85 @@ def _open_sqlite_store(tracking_uri: str):
     return client
 
 
+def open_client(tracking_uri: str):
+    """An ``MlflowClient`` of ``tracking_uri`` (a sqlite store is opened, and on first use created, under a
+    file lock)."""
+    from mlflow.tracking import MlflowClient
+
+    return _open_sqlite_store(tracking_uri) if tracking_uri.startswith("sqlite:///") else MlflowClient(tracking_uri)
+
+
+def experiment_id(client, tracking_uri: str, experiment: str) -> str:
+    """The id of the experiment named ``experiment``, created (marked as model training) on first use."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        try:
+            return client.create_experiment(experiment, artifact_location=_artifact_root(tracking_uri),
+                                            tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
+        except Exception:  # created concurrently by another run
+            return client.get_experiment_by_name(experiment).experiment_id
+    if TAG_EXPERIMENT_KIND not in exp.tags:  # made before omniway marked its experiments
+        client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
+    return exp.experiment_id
+
+
+def log_params(client, run_id: str, params: dict) -> None:
+    """Log ``params`` (nested dicts flattened) to run ``run_id``, in MLflow's batches of 100."""
+    from mlflow.entities import Param
+
+    items = [Param(k[:250], str(v)[:6000]) for k, v in flatten(params).items()]
+    for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
+def _first_line(e: BaseException, limit: int = 160) -> str:
+    """`Type: first line of the message`, the end of a long one (MLflow's name the URL first, the cause last)
+    kept."""
+    text = str(e).splitlines()[0] if str(e) else ""
+    return f"{type(e).__name__}: {text if len(text) <= limit else '...' + text[-limit:]}"
+
+
+# consecutive failed bookkeeping calls after which the tracker stops calling MLflow for the rest of the run
+# (each costs up to one request timeout on a hung server)
+MAX_FAILURES_IN_A_ROW = 3
+
+
 def _reported(fn):
     """A bookkeeping call whose failure (the server down, hung, refusing) is reported, not raised: a stage
-    output that is committed stays committed whatever MLflow does (``failures`` counts them)."""
+    output that is committed stays committed whatever MLflow does (``failures`` counts them). Offline (the
+    parent run could not be made, or ``MAX_FAILURES_IN_A_ROW`` calls failed in a row) nothing is called; a
+    call about a stage run that could not be made (``run_id`` None) is skipped."""
     import functools
     import sys
 
     @functools.wraps(fn)
     def call(self, *args, **kwargs):
+        if self.offline or (args and args[0] is None and fn.__name__ in ("finish_stage", "fail_stage")):
+            return None
         try:
-            return fn(self, *args, **kwargs)
+            result = fn(self, *args, **kwargs)
+            self._in_a_row = 0
+            return result
         except Exception as e:
             self.failures += 1
-            sys.stderr.write(f"omniway: MLflow did not take {fn.__name__} ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else ''}); the run goes on\n")
+            self._in_a_row += 1
+            sys.stderr.write(f"omniway: MLflow did not take {fn.__name__} ({_first_line(e)}); the run goes on\n")
+            if self._in_a_row >= MAX_FAILURES_IN_A_ROW:
+                self.offline = f"{self._in_a_row} calls in a row failed"
+                sys.stderr.write(f"omniway: MLflow at {self.tracking_uri} failed {self._in_a_row} calls in a row: the "
+                                 "rest of this run is not tracked; what stages log is kept in their outputs "
+                                 "(`omniway sync-metrics` sends it)\n")
             return None
 
     return call
 
 
 class PipelineTracker:
-    """The parent run of one pipeline run and its stage children. Past the parent run's creation, a failed
-    call is reported and the run goes on (``_reported``): a stage's run id may then be None.
+    """The parent run of one pipeline run and its stage children. MLflow's HTTP calls are bounded
+    (``metrics_sender.bounded_http``). When the parent run cannot be made (the server down, hung, refusing)
+    the tracker says so once and is ``offline``: the pipeline runs untracked (``parent_id`` None), its
+    stages keep what they log in their outputs. Past that, a failed call is reported and the run goes on
+    (``_reported``): a stage's run id may then be None.
 
     Args:
         tracking_uri: MLflow tracking URI (sqlite:///..., http://...).
@@ -186,29 +237,27 @@ class PipelineTracker:
     """
 
     def __init__(self, tracking_uri: str, experiment: str, run_name: str):
-        from mlflow.tracking import MlflowClient
+        import sys
 
+        from pipelines.train.metrics_sender import bounded_http
+
+        bounded_http()
         self.tracking_uri = tracking_uri
-        if tracking_uri.startswith("sqlite:///"):
-            self.client = _open_sqlite_store(tracking_uri)
-        else:
-            self.client = MlflowClient(tracking_uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        if exp is None:
-            try:
-                self.experiment_id = self.client.create_experiment(
-                    experiment, artifact_location=_artifact_root(tracking_uri),
-                    tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
-            except Exception:  # created concurrently by another run
-                self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
-        else:
-            self.experiment_id = exp.experiment_id
-            if TAG_EXPERIMENT_KIND not in exp.tags:  # made before omniway marked its experiments
-                self.client.set_experiment_tag(self.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
-        self.parent = self.client.create_run(
-            self.experiment_id, run_name=run_name, tags={TAG_PIPELINE: experiment})
-        self.parent_id = self.parent.info.run_id
-        self.failures = 0
+        self.failures, self._in_a_row = 0, 0
+        self.offline: str | None = None
+        self.client = self.experiment_id = self.parent = self.parent_id = None
+        try:
+            self.client = open_client(tracking_uri)
+            self.experiment_id = experiment_id(self.client, tracking_uri, experiment)
+            self.parent = self.client.create_run(
+                self.experiment_id, run_name=run_name, tags={TAG_PIPELINE: experiment})
+            self.parent_id = self.parent.info.run_id
+        except Exception as e:
+            self.offline = _first_line(e)
+            self.experiment_id = None
+            sys.stderr.write(f"omniway: MLflow at {tracking_uri} could not start this run ({self.offline}): "
+                             "it runs untracked; stage outputs are committed as usual and keep what the stages log "
+                             "(`omniway sync-metrics` sends it once MLflow answers)\n")
 
     @_reported
     def log_pipeline(self, resolved_yaml: str, params: dict) -> None:
@@ -221,11 +270,7 @@ class PipelineTracker:
         self._log_params(self.parent_id, params)
 
     def _log_params(self, run_id: str, params: dict) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k[:250], str(v)[:6000]) for k, v in flatten(params).items()]
-        for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-            self.client.log_batch(run_id, params=items[i:i + 100])
+        log_params(self.client, run_id, params)
 
     @_reported
     def start_stage(self, stage: str, kind: str, key: str, config: dict) -> str:

@@ -7,7 +7,8 @@ answer (media placeholders and the conversation so far, formatted by the chat te
 tuned with). Answers are generated on Ray Data actors (``workers.generations``) with the suite's decoding
 settings; the figures come from pycocoevalcap's scorers and jiwer (``tasks.text_metrics``), each beside a
 baseline on the same items: the most frequent training caption, the majority training answer, the empty
-transcript.
+transcript. Each row of predictions.jsonl carries its item's own score (``cider``, ``accuracy``, ``wer``);
+the ASR report lists every utterance's WER, not only the first ``examples``.
 """
 
 from __future__ import annotations
@@ -76,9 +77,17 @@ def _samples(run, items: list[dict], predictions: dict[str, str], scores=None) -
     return out
 
 
-def _predictions(items, predictions) -> list[dict]:
+def _predictions(items, predictions, scores: dict[str, dict]) -> list[dict]:
+    """predictions.jsonl's rows: ``{id, prediction, references, prompt}`` and the item's scores."""
     return [{"id": r["sample_id"], "prediction": predictions.get(r["sample_id"], ""), "references": r["references"],
-             "prompt": r.get("prompt") or ""} for r in items]
+             "prompt": r.get("prompt") or "", **scores.get(r["sample_id"], {})} for r in items]
+
+
+def _utterances(items, references: list[str], predictions: dict[str, str], scores: dict[str, dict]) -> list[dict]:
+    """Every utterance's WER for the report, in item order (text only: the first ``examples`` also show as
+    samples, with their media)."""
+    return [{"id": r["sample_id"], "prediction": predictions.get(r["sample_id"], ""), "reference": ref,
+             "wer": scores[r["sample_id"]]["wer"]} for r, ref in zip(items, references)]
 
 
 def captioning(run) -> dict:
@@ -94,7 +103,7 @@ def captioning(run) -> dict:
     result = run.result(len(items), {k: out[k] for k in names}, {k: base[k] for k in names if base.get(k) is not None},
                         f"most frequent {where} caption ({base['prediction']!r})", "cider",
                         details={"samples": _samples(run, items, predictions, scores)})
-    result["predictions"] = _predictions(items, predictions)
+    result["predictions"] = _predictions(items, predictions, scores)
     return result
 
 
@@ -112,7 +121,7 @@ def vqa(run) -> dict:
                         {"accuracy": vqa_accuracy([majority] * len(items), answers)},
                         f"majority {where} answer ({majority!r})", "accuracy",
                         details={"samples": _samples(run, items, predictions, scores)})
-    result["predictions"] = _predictions(items, predictions)
+    result["predictions"] = _predictions(items, predictions, scores)
     return result
 
 
@@ -126,6 +135,7 @@ def asr(run) -> dict:
     scores = {r["sample_id"]: {"wer": w} for r, w in zip(items, out["per_utterance_wer"])}
     result = run.result(len(items), {"wer": out["wer"], "cer": out["cer"]}, {"wer": empty["wer"], "cer": empty["cer"]},
                         "empty transcript", "wer", lower_is_better=["wer", "cer"],
-                        details={"samples": _samples(run, items, predictions, scores)})
-    result["predictions"] = _predictions(items, predictions)
+                        details={"samples": _samples(run, items, predictions, scores),
+                                 "utterances": _utterances(items, refs, predictions, scores)})
+    result["predictions"] = _predictions(items, predictions, scores)
     return result

@@ -1,7 +1,7 @@
 """The evaluate stage's report.html: one self-contained page (inline CSS, images as data: URIs,
 no script) with a summary of every suite's headline figure against its baseline, then a section
 per suite with all its metrics, the model and data it scored, its settings and whatever details
-it kept (confusion matrix, retrieval examples, generation samples).
+it kept (confusion matrix, retrieval examples, generation samples, WER per utterance).
 
 The page holds no timestamp or path, so rerunning an evaluation that reproduces its results
 reproduces the file byte for byte (and leaves the stage's fingerprint unchanged).
@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from pipelines.evaluation.report_html import (CSS, confusion_html, retrieval_html, samples_html,
-                                              settings_html, text)
+                                              settings_html, text, utterances_html)
 from pipelines.evaluation.tables import (beats, difference, direction_arrow, format_difference,
                                          format_value)
 
@@ -35,7 +35,9 @@ def render_report(results: list[dict], path: str, *, title: str, subtitle: str =
              "details": {"confusion": {"labels", "matrix"} (rows true, columns predicted),
                          "retrieval_examples": [{"direction", "query", "hits"}],
                          "samples": [{"id", "image_png", "audio", "prompt", "prediction",
-                                      "references", "scores"}]}}  (details and its keys optional)
+                                      "references", "scores"}],
+                         "utterances": [{"id", "wer", "prediction", "reference"}] (ASR: every
+                                        utterance)}}  (details and its keys optional)
 
             Images are PNG (or JPEG) bytes; see report_html for each detail's shape.
         path: the file to write (report.html).
@@ -130,6 +132,9 @@ def _suite_section(index: int, result: dict) -> str:
         parts += ["<h3>Retrieval examples</h3>", retrieval_html(details["retrieval_examples"])]
     if details.get("samples"):
         parts += [f"<h3>Samples ({len(details['samples'])})</h3>", samples_html(details["samples"])]
+    if details.get("utterances"):
+        parts += [f"<h3>WER per utterance ({len(details['utterances'])})</h3>",
+                  utterances_html(details["utterances"])]
     parts.append("</section>")
     return "\n".join(parts)
 

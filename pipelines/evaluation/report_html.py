@@ -1,6 +1,6 @@
 """HTML pieces of the evaluate stage's report (pipelines/evaluation/report.py): the style sheet,
 inline thumbnails and the renderers of a suite's optional details (confusion matrix, retrieval
-examples, generation samples).
+examples, generation samples, WER per utterance).
 
 Every piece of text taken from a result passes through `text()` (html.escape), so a caption
 holding markup shows literally; images are inlined as data: URIs so the page needs nothing else.
@@ -91,7 +91,7 @@ table.confusion th.corner { font-weight:normal; color:var(--muted); }
 .audio { font-size:12px; color:#3a4048; }
 .audio::before { content:"audio "; font-size:10px; text-transform:uppercase; color:#fff;
                  background:#8250df; border-radius:3px; padding:0 4px; margin-right:4px; }
-table.samples td { font-size:13px; overflow-wrap:anywhere; }
+table.samples td, table.utterances td { font-size:13px; overflow-wrap:anywhere; }
 table.samples ul { margin:0; padding-left:16px; }
 tr.exact td.prediction { color:var(--good); font-weight:600; }
 .badge { display:inline-block; font-size:10px; font-weight:bold; color:#fff; background:var(--good);
@@ -256,6 +256,23 @@ def samples_html(samples: list[dict]) -> str:
     head = "".join(f"<th>{text(c)}</th>" for c in columns)
     return (f'<table class="grid wide samples"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table>')
+
+
+def utterances_html(utterances: list[dict]) -> str:
+    """Every utterance of an ASR suite with its WER (coloured as in `samples_html`), its transcript
+    and its reference, in the suite's item order; the mean of these is not the corpus WER (that one
+    weighs each utterance by its reference words).
+
+    Args:
+        utterances: [{"id", "wer", "prediction", "reference"}].
+    """
+    rows = "".join(f'<tr><td class="num">{number}</td><td><code>{text(u.get("id", ""))}</code></td>'
+                   f'<td>{_score("wer", u.get("wer"))}</td><td class="prediction">{text(u.get("prediction", ""))}'
+                   f'</td><td>{text(u.get("reference", ""))}</td></tr>'
+                   for number, u in enumerate(utterances, 1))
+    head = "".join(f"<th>{c}</th>" for c in ("#", "Utterance", "WER", "Transcript", "Reference"))
+    return (f'<table class="grid wide utterances"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{rows}</tbody></table>")
 
 
 def _normalise(answer: Any) -> str:

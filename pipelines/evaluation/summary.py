@@ -3,7 +3,7 @@
 
     omniway report pipelines/configs/demo.yaml
     omniway report demo.yaml --compare other.yaml              # the differences, b - a
-    omniway report demo.yaml --compare-set evaluate.suites[0].limit=100
+    omniway report demo.yaml --compare-set evaluate.batch_size=16   # the same pipeline with overrides
 """
 
 from __future__ import annotations

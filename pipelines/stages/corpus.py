@@ -55,7 +55,9 @@ class SourceConfig:
         files_per_unit: text, tuxpaint and asterisk: how many input files one Ray task reads (other
             formats read one file per task).
         label_names: the name of each label (label i is `label_names[i]`), recorded in the manifest for the
-            stages below (zero-shot classification prompts); digits: "0" to "9" when unset.
+            stages below (zero-shot classification prompts); digits: "0" to "9" when unset. A label in
+            the data may be a class name instead of a number: it is stored as its place here. Unset, the
+            names of a jsonl / csv / parquet source are taken from its data, sorted (webdataset: set it).
     """
 
     name: str = ""
@@ -168,12 +170,54 @@ def check_config(cfg: CorpusConfig) -> None:
         raise ValueError(f"val_fraction: must be in [0, 1), got {cfg.val_fraction}")
 
 
+def with_data_label_names(cfg: CorpusConfig) -> CorpusConfig:
+    """``cfg`` with each source's `label_names` filled from the class names in its data where it has
+    some and none are configured (sorted: the same table however the files are split into tasks).
+    ValueError naming the key: names the configured table lacks, or names mixed with label numbers.
+    Runs when the pipeline loads: it reads the label column of every jsonl / csv / parquet file of the
+    sources (their media are not opened)."""
+    import dataclasses
+
+    from pipelines.data.sources import labels_in_data
+
+    out = []
+    for i, s in enumerate(cfg.sources):
+        try:
+            found = labels_in_data(s)
+        except FileNotFoundError:  # no files (yet): the stage says so when it plans its reads
+            found = None
+        names, numbers = found or ([], 0)
+        if s.label_names:
+            missing = sorted(set(names) - set(s.label_names))
+            if missing:
+                raise ValueError(f"sources[{i}].label_names: the data of source {s.name!r} has class names "
+                                 f"that are not in it: {', '.join(map(repr, missing[:10]))}"
+                                 + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))
+        elif names and numbers:
+            raise ValueError(f"sources[{i}].label_field: source {s.name!r} labels {numbers} record(s) with a "
+                             f"number and others with a class name ({', '.join(map(repr, names[:3]))}...): "
+                             "a number would mean a place in a table the data does not give; use one kind, "
+                             "or set label_names")
+        elif names:
+            s = dataclasses.replace(s, label_names=names)
+        out.append(s)
+    return dataclasses.replace(cfg, sources=out)
+
+
+def label_tables(cfg: CorpusConfig) -> dict[str, list[str]]:
+    """source -> its label names (label i -> names[i]), for zero-shot classification downstream."""
+    return {s.name: s.label_table() for s in cfg.sources if s.label_table()}
+
+
 def resolve(cfg: CorpusConfig, inputs: dict, where: str) -> tuple[CorpusConfig, dict]:
     try:
         check_config(cfg)
+        # names found in the data join the resolved config, so the cache key follows them (a source
+        # without names, as every demo source, keeps its config and its key)
+        cfg = with_data_label_names(cfg)
     except ValueError as e:
         raise ConfigError(f"{where}: with.{e}") from None
-    return cfg, {"label_names": {s.name: s.label_table() for s in cfg.sources if s.label_table()}}
+    return cfg, {"label_names": label_tables(cfg)}
 
 
 @stage_kind("corpus", config=CorpusConfig, version="1", num_cpus=0, resolve=resolve,
@@ -186,6 +230,9 @@ def corpus(ctx) -> dict[str, float]:
 
     cfg: CorpusConfig = ctx.config
     check_config(cfg)
+    # as resolved at load, checked against the data as it is now: the readers store a class name as its
+    # place in the table
+    cfg = with_data_label_names(cfg)
     started = time.time()
     staging = Staging.new(ctx.storage_uri or ctx.output_dir, ctx.pipeline, ctx.stage, ctx.key)
     try:
@@ -229,8 +276,7 @@ def corpus(ctx) -> dict[str, float]:
                                  if k.startswith("combo:")},
         "rejected_by_reason": dict(sorted(reasons.items())),
         "read_by_source": dict(sorted(per_source.items())),
-        # source -> its label names (label i -> names[i]), for zero-shot classification downstream
-        "label_names": {s.name: s.label_table() for s in cfg.sources if s.label_table()},
+        "label_names": label_tables(cfg),
     })
     metrics = {k: float(count[k]) for k in ("read", "accepted", "rejected", "duplicates",
                                             "train", "val")}

@@ -190,7 +190,7 @@ def resolve(cfg: EvaluateConfig, inputs: dict, where: str) -> tuple[EvaluateConf
     return dataclasses.replace(cfg, suites=suites), {}
 
 
-@stage_kind("evaluate", config=EvaluateConfig, version="1", num_cpus=0, resolve=resolve,
+@stage_kind("evaluate", config=EvaluateConfig, version="2", num_cpus=0, resolve=resolve,
             description="scores a model: retrieval, zero-shot, linear probe, captioning, VQA, ASR; report.html")
 def evaluate(ctx) -> dict[str, float]:
     import json

@@ -1,29 +1,66 @@
-"""Rank 0's MLflow writer that a training step never waits on.
+"""The MLflow writer a stage never waits on: training's rank 0 (``RunLogger``) and every stage's
+``StageContext.log_metrics`` / ``log_artifact`` / ``log_table`` go through it.
 
-A step appends its metrics (with their step and wall-clock timestamp) to a local spool file, one JSON line,
-and goes on; a background thread reads the spool in order and sends each line to MLflow (metrics as one
-``log_batch``, tables with their images, artifacts). While the server is down or hung the thread retries the
-same line with a growing pause, so lines are sent in order, with their original steps and timestamps, once
-it answers; memory holds one line at a time whatever the outage. ``close`` gives the thread a bounded time
-to drain, then writes what is left (``UNSENT_FILE``, JSON lines) where the caller says: the stage output
-keeps it, and ``omniway sync-metrics`` sends it later.
+A call appends one JSON line (metrics with their step and wall-clock timestamp, a table, an artifact) to a
+local spool file and returns; the files a line names (a table's images, an artifact) are copied beside the
+spool at once, so the caller may delete or overwrite its own. A background thread reads the spool in order
+and sends each line to MLflow. While the server is down or hung the thread retries the same line with a
+growing pause, so lines are sent in order, with their original steps and timestamps, once it answers;
+memory holds one line at a time whatever the outage. Without a run (the run is not tracked: MLflow did not
+answer when it began) nothing is sent and every line is kept. ``close`` gives the thread a bounded time to
+drain, then writes what is left where the caller says: ``UNSENT_FILE`` (JSON lines) and the files its lines
+name (``unsent_metrics-*``, named relative to it) in the stage output, which `omniway sync-metrics` sends
+later.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 import threading
 import time
 
 UNSENT_FILE = "unsent_metrics.jsonl"
+MEDIA_PREFIX = "unsent_metrics-"  # the files the lines of UNSENT_FILE name, beside it (flat: exports copy files)
 # MLflow's HTTP client waits 120 s per request and retries 7 times by default: the thread retries itself,
 # with these shorter bounds, so a hung server costs seconds, not minutes, per attempt
 REQUEST_TIMEOUT_S, REQUEST_RETRIES = "10", "0"
+# how long a (non-training) stage waits at its end for the sender to drain before keeping the rest
+STAGE_DRAIN_S = 15.0
 
 
-def send_line(client, run_id: str, item: dict) -> None:
-    """Send one spooled line to MLflow run ``run_id`` (also what ``omniway sync-metrics`` replays)."""
+def bounded_http() -> None:
+    """Bound MLflow's HTTP calls in this process (and the Ray workers it starts) to ``REQUEST_TIMEOUT_S`` and
+    ``REQUEST_RETRIES``, unless the user set MLFLOW_HTTP_REQUEST_TIMEOUT / _MAX_RETRIES: a hung server then
+    costs one timeout per call, not MLflow's default of 7 retries of 120 s."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", REQUEST_TIMEOUT_S)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", REQUEST_RETRIES)
+
+
+def _local(base_dir: str | None, path: str) -> str:
+    return os.path.join(base_dir, path) if base_dir else path  # an absolute path stays as it is
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)  # no second copy of a large file; the caller replaces files, never edits them
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def missing_media(item: dict, base_dir: str | None = None) -> list[str]:
+    """The files ``item`` names that are not there (relative to ``base_dir``)."""
+    return [p for p in media_of(item) if not os.path.isfile(_local(base_dir, p))]
+
+
+def send_line(client, run_id: str, item: dict, base_dir: str | None = None) -> bool:
+    """Send one spooled line to MLflow run ``run_id`` (also what ``omniway sync-metrics`` replays); False,
+    and nothing sent, when a file it names is not there (``missing_media``). The files a line names are
+    relative to ``base_dir`` (the spool, or the stage output that keeps the line)."""
+    if missing_media(item, base_dir):
+        return False
     if item["kind"] == "metrics":
         from mlflow.entities import Metric
 
@@ -35,14 +72,36 @@ def send_line(client, run_id: str, item: dict) -> None:
     elif item["kind"] == "table":
         from PIL import Image
 
-        columns = {k: ([Image.open(p) for p in v] if k in item.get("image_columns", []) else v)
+        def image(p):
+            with Image.open(_local(base_dir, p)) as im:
+                return im.copy()
+
+        columns = {k: ([image(p) for p in v] if k in item.get("image_columns", []) else v)
                    for k, v in item["columns"].items()}
         client.log_table(run_id, data=columns, artifact_file=item["artifact_file"])
     elif item["kind"] == "artifact":
-        if os.path.exists(item["path"]):
-            client.log_artifact(run_id, item["path"])
+        path = _local(base_dir, item["path"])
+        name = item.get("name") or os.path.basename(path)
+        if os.path.basename(path) == name:
+            client.log_artifact(run_id, path, item.get("artifact_path"))
+            return True
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="omniway-artifact-") as tmp:  # MLflow names it by its file
+            _link_or_copy(path, os.path.join(tmp, name))
+            client.log_artifact(run_id, os.path.join(tmp, name), item.get("artifact_path"))
     else:
         raise ValueError(f"unknown spooled item kind {item['kind']!r}")
+    return True
+
+
+def media_of(item: dict) -> list[str]:
+    """The files (relative paths) a spooled line names."""
+    if item["kind"] == "artifact":
+        return [item["path"]]
+    if item["kind"] == "table":
+        return [p for k in item.get("image_columns", []) for p in item["columns"][k]]
+    return []
 
 
 class MetricsSender:
@@ -50,29 +109,39 @@ class MetricsSender:
 
     Args:
         tracking_uri: MLflow tracking URI.
-        run_id: the MLflow run the lines go to.
-        spool_dir: a local directory for the spool file and the images of spooled tables.
+        run_id: the MLflow run the lines go to; None: the run is not tracked, every line is kept for
+            `omniway sync-metrics`.
+        spool_dir: a local directory for the spool file and the files its lines name.
     """
 
-    def __init__(self, tracking_uri: str | None, run_id: str, spool_dir: str):
+    def __init__(self, tracking_uri: str | None, run_id: str | None, spool_dir: str):
         os.makedirs(spool_dir, exist_ok=True)
         self.tracking_uri, self.run_id, self.spool_dir = tracking_uri, run_id, spool_dir
         self.path = os.path.join(spool_dir, "spool.jsonl")
         self._out = open(self.path, "a", encoding="utf-8")
         self._written = self._sent = 0  # lines
-        self._wake, self._stop = threading.Event(), threading.Event()
+        # wake: a line was appended; retry: close wants the line being retried tried again now; stop: send
+        # nothing more
+        self._wake, self._stop, self._retry = threading.Event(), threading.Event(), threading.Event()
         self._lock = threading.Lock()
         self.failures = 0
-        self._thread = threading.Thread(target=self._run, name="omniway-metrics-sender", daemon=True)
-        self._thread.start()
+        self.skipped = 0  # lines whose files were gone before they could be sent
+        self._thread = None
+        if run_id:
+            self._thread = threading.Thread(target=self._run, name="omniway-metrics-sender", daemon=True)
+            self._thread.start()
 
-    # -- the training side: append and return -----------------------------------------------------------
+    # -- the caller's side: append and return -------------------------------------------------------------
     def _append(self, item: dict) -> None:
         with self._lock:
             self._out.write(json.dumps(item) + "\n")
             self._out.flush()
             self._written += 1
         self._wake.set()
+
+    def _media_name(self, name: str) -> str:
+        with self._lock:  # numbered by the line that names it: unique within the spool and the output
+            return f"{MEDIA_PREFIX}{self._written}-{name}"
 
     def metrics(self, metrics: dict[str, float], step: int) -> None:
         self._append({"kind": "metrics", "metrics": metrics, "step": int(step),
@@ -85,16 +154,23 @@ class MetricsSender:
             if values and all(hasattr(v, "save") and hasattr(v, "resize") for v in values):
                 paths = []
                 for v in values:
-                    p = os.path.join(self.spool_dir, f"img-{self._written}-{len(paths)}-{name}.png")
-                    v.save(p)
-                    paths.append(p)
+                    rel = self._media_name(f"{name}-{len(paths)}.png")
+                    v.save(os.path.join(self.spool_dir, rel))
+                    paths.append(rel)
                 cols[name], images = paths, images + [name]
             else:
                 cols[name] = values
         self._append({"kind": "table", "columns": cols, "image_columns": images, "artifact_file": artifact_file})
 
-    def artifact(self, path: str) -> None:
-        self._append({"kind": "artifact", "path": path})
+    def artifact(self, path: str, artifact_path: str | None = None) -> None:
+        """Attach the file ``path`` (under ``artifact_path`` in the run's artifacts); a file that is not there
+        is no error (a plot that could not be drawn)."""
+        if not os.path.isfile(path):
+            return
+        rel = self._media_name(os.path.basename(path))
+        _link_or_copy(path, os.path.join(self.spool_dir, rel))
+        self._append({"kind": "artifact", "path": rel, "name": os.path.basename(path),
+                      "artifact_path": artifact_path})
 
     @property
     def pending(self) -> int:
@@ -102,8 +178,7 @@ class MetricsSender:
 
     # -- the thread ---------------------------------------------------------------------------------------
     def _client(self):
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", REQUEST_TIMEOUT_S)
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", REQUEST_RETRIES)
+        bounded_http()
         from mlflow.tracking import MlflowClient
 
         return MlflowClient(self.tracking_uri)
@@ -113,6 +188,8 @@ class MetricsSender:
         pause = 0.5
         with open(self.path, encoding="utf-8") as f:
             while True:
+                if self._stop.is_set():  # past close's deadline: what is not sent yet stays unsent
+                    return
                 pos = f.tell()
                 line = f.readline()
                 if not line.endswith("\n"):  # nothing complete yet
@@ -124,47 +201,75 @@ class MetricsSender:
                     continue
                 while True:
                     try:
-                        send_line(client, self.run_id, json.loads(line))
+                        if not send_line(client, self.run_id, json.loads(line), self.spool_dir):
+                            self.skipped += 1  # its file is gone from the spool: it can never be sent
                         pause = 0.5
                         break
                     except Exception:  # the server is down, hung or refusing: keep the line, retry it
                         self.failures += 1
                         if self._stop.is_set():
-                            f.seek(pos)
                             return
-                        self._stop.wait(pause)
+                        self._retry.wait(pause)
+                        self._retry.clear()
                         pause = min(2 * pause, 15.0)
                 self._sent += 1
 
     def close(self, timeout_s: float, unsent_path: str | None = None) -> int:
         """Wait up to ``timeout_s`` for the spool to drain, stop the thread, and write the lines not sent to
-        ``unsent_path`` (JSON lines); returns their number."""
+        ``unsent_path`` (JSON lines), the files they name beside it; returns their number. A thread pausing
+        between tries of a line tries again at once (a server back since gets the rest without delay)."""
         deadline = time.time() + timeout_s
-        while self.pending and time.time() < deadline:
+        self._retry.set()
+        while self._thread is not None and self.pending and time.time() < deadline:
             time.sleep(0.1)
         self._stop.set()
         self._wake.set()
-        # an attempt in flight ends within the request timeout: after it, the count of sent lines is final
-        self._thread.join(timeout=max(0.0, deadline - time.time()) + float(REQUEST_TIMEOUT_S) + 2.0)
+        self._retry.set()
+        if self._thread is not None:
+            # an attempt in flight ends within the request timeout: after it, the count of sent lines is final
+            self._thread.join(timeout=max(0.0, deadline - time.time()) + float(REQUEST_TIMEOUT_S) + 2.0)
         self._out.close()
         left = self.pending
         if left and unsent_path:
+            keep_dir = os.path.dirname(os.path.abspath(unsent_path))
             with open(self.path, encoding="utf-8") as f:
                 lines = f.readlines()[self._sent:]
+            for line in lines:
+                for rel in media_of(json.loads(line)):
+                    if os.path.exists(os.path.join(self.spool_dir, rel)):
+                        _link_or_copy(os.path.join(self.spool_dir, rel), os.path.join(keep_dir, rel))
             with open(unsent_path, "w", encoding="utf-8") as f:
                 f.writelines(lines)
-        if not self._thread.is_alive():  # the spool (and its table images) served its purpose
-            import shutil
-
+        if self._thread is None or not self._thread.is_alive():  # the spool served its purpose
             shutil.rmtree(self.spool_dir, ignore_errors=True)
         return left
 
 
+def keep_unsent(sender: MetricsSender, timeout_s: float, unsent_path: str, label: str) -> int:
+    """Close ``sender`` (``timeout_s`` to drain), keep what it did not send at ``unsent_path`` (``UNSENT_FILE``
+    in a stage output) and say so on the console as ``[label] ...``; returns the number of lines kept."""
+    left = sender.close(timeout_s, unsent_path)
+    if left:
+        why = ("the tracking server did not take" if sender.run_id else
+               "this run is not tracked (MLflow did not start it):")
+        sys.stdout.write(f"[{label}] {why} {left} logged lines; they are kept in the stage output "
+                         f"({os.path.basename(unsent_path)}): `omniway sync-metrics` sends them\n")
+        sys.stdout.flush()
+    return left
+
+
 # -- omniway sync-metrics -----------------------------------------------------------------------------------
+# On the run the lines went to: "<sha256 of the unsent file, 16 hex>:<lines sent>". The committed output is
+# not changed (its files are checked against its manifest), so a second sync reads what the first sent here.
+TAG_SYNCED = "omniway.unsent_synced"
+# On a run `sync-metrics` made for an output that has none (its run was not tracked): the output's fingerprint
+TAG_SYNCED_OUTPUT = "omniway.unsent_of"
+
+
 def add_commands(sub, cli) -> None:
     """Add `sync-metrics` to the `omniway` subparsers ``sub``; ``cli`` is `pipelines.cli`."""
-    sync = sub.add_parser("sync-metrics", help="send the metrics a training stage kept because MLflow did not "
-                                               "take them in time (unsent_metrics.jsonl) to its MLflow run")
+    sync = sub.add_parser("sync-metrics", help="send what a stage logged but MLflow did not take in time "
+                                               "(unsent_metrics.jsonl in its output) to its MLflow run")
     cli.add_pipeline_args(sync)
     sync.add_argument("--stage", action="append", default=[], metavar="STAGE",
                       help="only this stage (repeatable; default: every stage whose output keeps unsent metrics)")
@@ -179,30 +284,98 @@ def unsent_outputs(spec, stages=()) -> list[tuple[str, object]]:
             if m is not None and any(f["path"] == UNSENT_FILE for f in m.files)]
 
 
+def _run_for(client, spec, name: str, m) -> str:
+    """The MLflow run of output ``m``: its own, or (not tracked when it ran) the one an earlier sync made,
+    or a new one in the pipeline's experiment with the stage's tags, config and metrics."""
+    if m.mlflow_run_id:
+        return m.mlflow_run_id
+    from pipelines.tracking import (TAG_CACHE_HIT, TAG_KEY, TAG_KIND, TAG_STAGE, experiment_id, log_metrics,
+                                    log_params)
+
+    exp = experiment_id(client, spec.tracking_uri, spec.experiment)
+    runs = client.search_runs([exp], filter_string=f"tags.`{TAG_SYNCED_OUTPUT}` = '{m.fingerprint}'", max_results=1)
+    if runs:
+        return runs[0].info.run_id
+    run_id = client.create_run(exp, run_name=f"{name} (synced)", tags={
+        TAG_STAGE: name, TAG_KIND: m.kind, TAG_KEY: m.key, TAG_CACHE_HIT: "false",
+        TAG_SYNCED_OUTPUT: m.fingerprint}).info.run_id
+    log_params(client, run_id, m.data.get("config", {}))
+    log_metrics(client, run_id, m.metrics)
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def _media_dir(m, lines: list[dict], tmp: str) -> str:
+    """Where the files the lines name are, as local files: the output itself, or (URI storage) ``tmp``."""
+    if m.storage.local:
+        return m.dir
+    for item in lines:
+        for rel in media_of(item):
+            try:
+                with m.open(rel) as src, open(os.path.join(tmp, rel), "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            except FileNotFoundError:
+                pass  # reported as the line is passed over
+    return tmp
+
+
+def sync_output(client, spec, name: str, m) -> bool:
+    """Send the unsent lines of stage ``name``'s output ``m`` that no earlier sync sent; True when all of
+    them are now in MLflow. A line whose files are gone is reported and passed over; a server that stops
+    answering ends the sync there, and the next one goes on from the first line not sent."""
+    import hashlib
+    import tempfile
+
+    with m.open(UNSENT_FILE) as f:
+        raw = f.read()
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    lines = [json.loads(x) for x in raw.decode().splitlines() if x.strip()]
+    run_id = _run_for(client, spec, name, m)
+    mark = client.get_run(run_id).data.tags.get(TAG_SYNCED, "")
+    done = int(mark.split(":")[1]) if mark.startswith(digest + ":") else 0
+    if done >= len(lines):
+        print(f"{name}: its {len(lines)} unsent lines reached MLflow run {run_id} in an earlier sync; nothing "
+              "to send")
+        return True
+    sent, missing = done, 0
+    try:
+        with tempfile.TemporaryDirectory(prefix="omniway-sync-") as tmp:
+            base = _media_dir(m, lines[done:], tmp)
+            for item in lines[done:]:
+                if not send_line(client, run_id, item, base):  # can never be sent: say so, go on
+                    missing += 1
+                    print(f"omniway sync-metrics: {name}: a {item['kind']} line was not sent: its files "
+                          f"{missing_media(item, base)} are not in the output", file=sys.stderr)
+                sent += 1
+    except Exception as e:  # the server stopped answering (or refused a line): the next sync goes on here
+        print(f"omniway sync-metrics: {name}: MLflow did not take line {sent + 1} of {len(lines)} "
+              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); rerun to send the rest",
+              file=sys.stderr)
+    finally:
+        if sent > done:
+            client.set_tag(run_id, TAG_SYNCED, f"{digest}:{sent}")
+    print(f"{name}: sent {sent - done - missing} of {len(lines) - done} lines to MLflow run {run_id}"
+          + (f" ({done} were sent by an earlier sync)" if done else ""))
+    return sent == len(lines) and not missing
+
+
 def cmd_sync_metrics(args) -> int:
-    import sys
-
-    from mlflow.tracking import MlflowClient
-
     from pipelines.cli import load_spec
+    from pipelines.tracking import open_client
 
     spec = load_spec(args)
     found = unsent_outputs(spec, args.stage)
     if not found:
         print("omniway sync-metrics: no stage output keeps unsent metrics")
         return 0
-    client = MlflowClient(spec.tracking_uri)
-    failed = 0
-    for name, m in found:
-        with m.open(UNSENT_FILE) as f:
-            lines = [json.loads(x) for x in f.read().decode().splitlines() if x.strip()]
-        sent = 0
-        for item in lines:
-            try:
-                send_line(client, m.mlflow_run_id, item)
-                sent += 1
-            except Exception as e:  # e.g. a line an earlier sync already sent: say so and go on
-                failed += 1
-                print(f"omniway sync-metrics: {name}: a {item['kind']} line was refused ({e})", file=sys.stderr)
-        print(f"{name}: sent {sent} of {len(lines)} lines to MLflow run {m.mlflow_run_id}")
-    return 1 if failed else 0
+    bounded_http()
+    ok = True
+    try:
+        client = open_client(spec.tracking_uri)
+        for name, m in found:
+            ok &= sync_output(client, spec, name, m)
+    except Exception as e:  # the server does not answer at all
+        print(f"omniway sync-metrics: MLflow at {spec.tracking_uri} did not answer ({type(e).__name__}: "
+              f"{str(e).splitlines()[0] if str(e) else ''}); nothing more was sent, rerun it later", file=sys.stderr)
+        return 1
+    return 0 if ok else 1

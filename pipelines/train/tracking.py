@@ -10,7 +10,8 @@ import time
 
 class RunLogger:
     """Logs to the MLflow run ``run_id`` at ``tracking_uri`` through a ``MetricsSender`` (a step never waits
-    on the server); no-op without a run id.
+    on the server); with a tracking URI but no run (MLflow did not start it) every line is kept for the
+    output; no-op without either.
 
     Args:
         tracking_uri: MLflow tracking URI.
@@ -22,7 +23,7 @@ class RunLogger:
     def __init__(self, tracking_uri: str | None, run_id: str | None, total_steps: int, spool_dir: str | None = None):
         self.run_id, self.total = run_id, total_steps
         self.sender = None
-        if run_id:
+        if run_id or tracking_uri:  # without a run (MLflow did not start it) every line is kept for the output
             import tempfile
 
             from pipelines.train.metrics_sender import MetricsSender
@@ -42,14 +43,10 @@ class RunLogger:
         Returns the number of lines left unsent."""
         if not self.sender:
             return 0
-        left = self.sender.close(timeout_s, unsent_path)
-        if left:
-            sys.stdout.write(f"[train] the tracking server did not take {left} logged lines in time; they are "
-                             f"kept in the stage output ({os.path.basename(unsent_path)}): `omniway sync-metrics` "
-                             "sends them\n")
-            sys.stdout.flush()
-        self.sender = None
-        return left
+        from pipelines.train.metrics_sender import keep_unsent
+
+        sender, self.sender = self.sender, None
+        return keep_unsent(sender, timeout_s, unsent_path, "train")
 
     def begin(self, step: int) -> None:
         """The loop starts stepping at ``step`` (0, or where a resumed run goes on) now."""
@@ -78,9 +75,9 @@ class RunLogger:
         if self.sender and columns:
             self.sender.table(columns, artifact_file)
 
-    def artifact(self, path: str) -> None:
+    def artifact(self, path: str, artifact_path: str | None = None) -> None:
         if self.sender:
-            self.sender.artifact(path)
+            self.sender.artifact(path, artifact_path)
 
 
 def _duration(seconds: float) -> str:

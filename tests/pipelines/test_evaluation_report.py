@@ -114,7 +114,11 @@ def results_fixture() -> list[dict]:
              {"id": "digits/1", "audio": "en/digits/1.wav", "prediction": "one",
               "references": ["one"], "scores": {"wer": 0.0}},
              {"id": "digits/2", "audio": "en/digits/2.wav", "prediction": "to too",
-              "references": ["two"], "scores": {"wer": 2.0}}]}},
+              "references": ["two"], "scores": {"wer": 2.0}}],
+             # every utterance, past the two samples shown with their media
+             "utterances": [{"id": "digits/1", "wer": 0.0, "prediction": "one", "reference": "one"},
+                            {"id": "digits/2", "wer": 2.0, "prediction": "to too", "reference": "two"},
+                            {"id": "digits/3", "wer": 0.5, "prediction": "three", "reference": "three <b>3</b>"}]}},
     ]
 
 
@@ -234,6 +238,37 @@ def test_samples_show_predictions_exact_matches_and_wer(browser, report):
     asr = browser.find_elements(By.CSS_SELECTOR, "#suite-4 table.samples tbody tr")
     assert [r.find_element(By.CSS_SELECTOR, ".score").text for r in asr] == ["wer 0.0000", "wer 2.0000"]
     assert "en/digits/2.wav" in asr[1].text
+
+
+def test_asr_lists_every_utterance_with_its_wer(browser, report):
+    rows = browser.find_elements(By.CSS_SELECTOR, "#suite-4 table.utterances tbody tr")
+    assert [cell_texts(r) for r in rows] == [
+        ["1", "digits/1", "wer 0.0000", "one", "one"], ["2", "digits/2", "wer 2.0000", "to too", "two"],
+        ["3", "digits/3", "wer 0.5000", "three", "three <b>3</b>"]]
+    heading = browser.find_elements(By.CSS_SELECTOR, "#suite-4 h3")[-1]
+    assert heading.text.lower() == "wer per utterance (3)"
+    # coloured from green (0) to red (1 or more), as the samples' scores
+    colours = [r.find_element(By.CSS_SELECTOR, ".score").value_of_css_property("background-color") for r in rows]
+    assert len(set(colours)) == 3
+
+
+def test_asr_rows_and_utterances_carry_each_wer():
+    """The asr suite's predictions.jsonl rows and report utterances from jiwer's per-utterance WER."""
+    from pipelines.evaluation.generation_suites import _predictions, _utterances
+    from tasks.text_metrics import asr_scores
+
+    items = [{"sample_id": "digits/1", "references": ["one"]}, {"sample_id": "digits/2", "references": ["two"]},
+             {"sample_id": "hello", "references": ["hello world"]}]
+    predictions = {"digits/1": "one", "digits/2": "to too", "hello": "hello"}
+    refs = [r["references"][0] for r in items]
+    out = asr_scores([predictions[r["sample_id"]] for r in items], refs)
+    scores = {r["sample_id"]: {"wer": w} for r, w in zip(items, out["per_utterance_wer"])}
+    rows = _predictions(items, predictions, scores)
+    assert [(r["id"], r["prediction"], r["references"], r["wer"]) for r in rows] == [
+        ("digits/1", "one", ["one"], 0.0), ("digits/2", "to too", ["two"], 2.0), ("hello", "hello", ["hello world"], 0.5)]
+    utterances = _utterances(items, refs, predictions, scores)
+    assert [(u["id"], u["reference"], u["wer"]) for u in utterances] == [
+        ("digits/1", "one", 0.0), ("digits/2", "two", 2.0), ("hello", "hello world", 0.5)]
 
 
 def test_markup_in_results_shows_as_text_and_never_runs(browser, report):

@@ -44,6 +44,11 @@ def test_a_damaged_output_is_reported_and_rebuilt_before_anything_reads_it(proje
     assert code == 0 and any(x.startswith("a ") and "damaged" in x for x in out.splitlines()), out
     code, out, err = project.cli("verify", str(path), "--workdir", str(project.workdir))
     assert code == 1 and "lines.txt" in out and why in out, out
+    # one stage: only its row, and its exit status (b is intact, a is not)
+    code, out, _ = project.cli("verify", str(path), "--stage", "b", "--workdir", str(project.workdir))
+    assert code == 0 and [line.split()[0] for line in out.splitlines()[1:] if line.strip()] == ["b"], out
+    code, out, _ = project.cli("verify", str(path), "--stage", "a", "--workdir", str(project.workdir))
+    assert code == 1 and why in out and [line.split()[0] for line in out.splitlines()[1:] if line.strip()] == ["a"]
     code, out, err = project.cli("run", str(path))
     assert code == 0, err
     assert project.runs() == ["a"]  # rebuilt to the same bytes: c and d keep their cached outputs
@@ -51,6 +56,22 @@ def test_a_damaged_output_is_reported_and_rebuilt_before_anything_reads_it(proje
     assert " cached " in status_of(project, path, "a")
     code, out, _ = project.cli("verify", str(path), "--workdir", str(project.workdir))
     assert code == 0 and all(line.rstrip().endswith("none") for line in out.splitlines()[1:] if line.strip()), out
+
+
+def test_a_damaged_output_is_not_handed_to_readers_of_current_outputs(project, built, capsys):
+    """`omniway report`, the evaluation summary and `sync-metrics` read outputs through `current_outputs`."""
+    from pipelines.config import load_pipeline
+    from pipelines.runner import current_outputs
+
+    path, f = built
+    spec = load_pipeline(str(path), workdir=str(project.workdir))
+    assert all(m is not None for _, m in current_outputs(spec))
+    f.write_bytes(f.read_bytes().upper())
+    found = dict(current_outputs(spec))
+    assert found["a"] is None and found["b"] is not None
+    assert found["c"] is None  # its key depends on a's fingerprint, no longer trusted
+    err = capsys.readouterr().err
+    assert "stage 'a'" in err and "damaged: lines.txt (sha256 differs" in err and "rebuilds it" in err, err
 
 
 def test_a_touched_but_unchanged_file_is_accepted_and_its_mtime_recorded(project, built):

@@ -1,7 +1,8 @@
 """JSONL / CSV index files with media paths relative to the index (BEiT-3 / ONE-PEACE style).
 
 Each row names a text field, an image path, an audio path, a label (any may be
-absent). Paths resolve against the index file's directory; an absolute path or one
+absent): an integer, or a class name (see `pipelines.data.sources.parse_label`).
+Paths resolve against the index file's directory; an absolute path or one
 with `..` is rejected (unsafe_path), a path to no file is missing_member.
 """
 
@@ -14,7 +15,7 @@ import os
 from typing import Iterator, TYPE_CHECKING
 
 from pipelines.data.records import raw_record, reject_record
-from pipelines.data.sources import list_files, unsafe_relpath
+from pipelines.data.sources import label_lookup, list_files, parse_label, unsafe_relpath
 
 if TYPE_CHECKING:  # config classes for annotations only: pipelines.data does not import the stages
     from pipelines.stages.corpus import SourceConfig
@@ -22,6 +23,18 @@ if TYPE_CHECKING:  # config classes for annotations only: pipelines.data does no
 
 def plan(src: SourceConfig) -> list[dict]:
     return [{"files": [f]} for f in list_files(src)]
+
+
+def label_values(src: SourceConfig) -> Iterator:
+    """The raw label of each record `read` yields (None where a row has none or is unreadable), in
+    order, up to the source's `limit`; media files are not opened."""
+    count = 0
+    for path in list_files(src):
+        for _, row, _ in _rows(path, src.format):
+            if src.limit and count >= src.limit:
+                return
+            count += 1
+            yield None if row is None else row.get(src.label_field)
 
 
 def _rows(path: str, fmt: str) -> Iterator[tuple[int, dict | None, str]]:
@@ -52,6 +65,7 @@ def read(src: SourceConfig, unit: dict) -> Iterator[dict]:
     path = unit["files"][0]
     base = os.path.dirname(os.path.abspath(path))
     name = os.path.basename(path)
+    names = label_lookup(src)
     for i, row, err in _rows(path, src.format):
         key = f"{name}:{i}"
         if row is None:
@@ -59,7 +73,7 @@ def read(src: SourceConfig, unit: dict) -> Iterator[dict]:
             continue
         if src.id_field and row.get(src.id_field) not in (None, ""):
             key = f"{name}:{row[src.id_field]}"
-        yield _record(src, key, base, row)
+        yield _record(src, key, base, row, names)
 
 
 def _load(src, key, base, rel, what) -> tuple[bytes | None, str, dict | None]:
@@ -76,7 +90,7 @@ def _load(src, key, base, rel, what) -> tuple[bytes | None, str, dict | None]:
         return f.read(), rel.rsplit(".", 1)[-1].lower() if "." in rel else "", None
 
 
-def _record(src, key, base, row) -> dict:
+def _record(src, key, base, row, names: dict[str, int]) -> dict:
     image, image_ext, bad = _load(src, key, base, row.get(src.image_field), "image")
     if bad:
         return bad
@@ -84,11 +98,9 @@ def _record(src, key, base, row) -> dict:
     if bad:
         return bad
     text = row.get(src.text_field)
-    label = row.get(src.label_field)
-    try:
-        label = None if label in (None, "") else int(label)
-    except (TypeError, ValueError):
-        return reject_record(src.name, key, "read_error", f"label {label!r} is not an int")
+    label, why = parse_label(row.get(src.label_field), names)
+    if why:
+        return reject_record(src.name, key, "read_error", why[:300])
     if text == "" and src.format == "csv":
         text = None  # CSV cannot tell an empty cell from an absent one: absent
     return raw_record(src.name, key, text=None if text is None else str(text), image=image,

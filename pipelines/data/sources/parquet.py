@@ -2,7 +2,8 @@
 
 Text from a string (or binary) column, image / audio from a binary column or a
 struct with `bytes` and `path` (the extension comes from `path`), label from an
-integer column. Key: the id column when configured, else `<file>:<row>`.
+integer column or a string column of class names (see `pipelines.data.sources.parse_label`).
+Key: the id column when configured, else `<file>:<row>`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 from typing import Iterator, TYPE_CHECKING
 
 from pipelines.data.records import raw_record, reject_record
-from pipelines.data.sources import list_files
+from pipelines.data.sources import label_lookup, list_files, parse_label
 
 if TYPE_CHECKING:  # config classes for annotations only: pipelines.data does not import the stages
     from pipelines.stages.corpus import SourceConfig
@@ -19,6 +20,29 @@ if TYPE_CHECKING:  # config classes for annotations only: pipelines.data does no
 
 def plan(src: SourceConfig) -> list[dict]:
     return [{"files": [f]} for f in list_files(src)]
+
+
+def label_values(src: SourceConfig) -> Iterator:
+    """The raw label of each record `read` yields, in order, up to the source's `limit`: the label
+    column alone is read (None for a file's one reject when it is unreadable, or for no such column)."""
+    import pyarrow.parquet as pq
+
+    count = 0
+    for path in list_files(src):
+        try:
+            pf = pq.ParquetFile(path)
+        except Exception:  # noqa: BLE001 - `read` turns the same error into one reject
+            values = [None]
+        else:
+            if src.label_field in pf.schema_arrow.names:
+                values = pf.read(columns=[src.label_field]).column(0).to_pylist()
+            else:
+                values = [None] * pf.metadata.num_rows
+        for value in values:
+            if src.limit and count >= src.limit:
+                return
+            count += 1
+            yield value
 
 
 def _media(value) -> tuple[bytes | None, str]:
@@ -43,6 +67,7 @@ def read(src: SourceConfig, unit: dict) -> Iterator[dict]:
     wanted = [c for c in (src.text_field, src.image_field, src.audio_field, src.label_field,
                           src.id_field) if c and c in pf.schema_arrow.names]
     row = 0
+    names = label_lookup(src)
     for batch in pf.iter_batches(batch_size=256, columns=wanted):
         for rec in batch.to_pylist():
             key = f"{name}:{rec[src.id_field]}" if src.id_field in rec else f"{name}:{row}"
@@ -52,7 +77,10 @@ def read(src: SourceConfig, unit: dict) -> Iterator[dict]:
             text = rec.get(src.text_field)
             label = rec.get(src.label_field)
             if label is not None and not isinstance(label, int):
-                yield reject_record(src.name, key, "read_error", f"label {label!r} is not an int")
-                continue
+                label, why = parse_label(label, names) if isinstance(label, str) else (
+                    None, f"label {label!r} is not an int")
+                if why:
+                    yield reject_record(src.name, key, "read_error", why[:300])
+                    continue
             yield raw_record(src.name, key, text=text, image=image, image_ext=image_ext,
                              audio=audio, audio_ext=audio_ext, label=label)

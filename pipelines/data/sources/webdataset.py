@@ -7,6 +7,10 @@ here, because Ray's and webdataset's readers would silently yield half samples:
 - a member path that is absolute or contains `..` -> unsafe_path
 - a media extension omniway does not read          -> unsupported_format
 - the tar itself unreadable                        -> read_error (one reject for the file)
+- a `.cls` that is no integer and none of the source's label_names -> read_error
+Labels: `.cls` holds an integer or, where the source configures `label_names`, a class name; a json
+member's `label_field` likewise (a name there without a table is ignored, as json keys that omniway
+does not read are). Names are not listed from the data: that would read every tar twice.
 
 Two passes over each tar. First the member list, from the headers alone (`_member_names`,
 tarfile: data is seeked past; a compressed tar is decompressed): a split key is only known
@@ -28,7 +32,7 @@ import zlib
 from typing import Iterator, TYPE_CHECKING
 
 from pipelines.data.records import raw_record, reject_record
-from pipelines.data.sources import list_files, unsafe_relpath
+from pipelines.data.sources import label_lookup, list_files, parse_label, unsafe_relpath
 
 if TYPE_CHECKING:  # config classes for annotations only: pipelines.data does not import the stages
     from pipelines.stages.corpus import SourceConfig
@@ -56,7 +60,7 @@ def read(src: SourceConfig, unit: dict) -> Iterator[dict]:
     try:
         names = _member_names(path)
         with open(path, "rb") as f:
-            yield from _samples(src, shard, names, _MemberBytes(f, names))
+            yield from _samples(src, shard, names, _MemberBytes(f, names), label_lookup(src))
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:  # zlib: a corrupt .tar.gz
         yield reject_record(src.name, shard, "read_error", f"{type(e).__name__}: {e}"[:300])
 
@@ -134,7 +138,8 @@ class _MemberBytes:
         return item["data"]
 
 
-def _samples(src, shard, names: list[str], member_bytes: _MemberBytes) -> Iterator[dict]:
+def _samples(src, shard, names: list[str], member_bytes: _MemberBytes,
+             classes: dict[str, int]) -> Iterator[dict]:
     # Group adjacent members by key, remembering keys that come back later. Not webdataset's
     # group_by_keys: it starts a new sample whenever the key changes, so a key whose members are
     # not adjacent comes out as two half samples; it also drops names without a dot and raises
@@ -164,10 +169,10 @@ def _samples(src, shard, names: list[str], member_bytes: _MemberBytes) -> Iterat
         if bad:
             yield reject_record(src.name, sample_key, "unsafe_path", ", ".join(bad)[:300])
             continue
-        yield _assemble(src, sample_key, names, group, member_bytes)
+        yield _assemble(src, sample_key, names, group, member_bytes, classes)
 
 
-def _assemble(src, sample_key, names, group, member_bytes: _MemberBytes) -> dict:
+def _assemble(src, sample_key, names, group, member_bytes: _MemberBytes, classes: dict[str, int]) -> dict:
     fields: dict = {}
     for i in group:
         ext = split_key(names[i])[1]
@@ -186,10 +191,11 @@ def _assemble(src, sample_key, names, group, member_bytes: _MemberBytes) -> dict
         elif last == "txt":
             fields["text"] = data
         elif last == "cls":
-            try:
-                fields["label"] = int(data.strip())
-            except ValueError:
-                return reject_record(src.name, sample_key, "read_error", f"bad .cls {data[:40]!r}")
+            label, why = parse_label(data, classes)
+            if why or label is None:
+                detail = f"bad .cls {data[:40]!r}" + (f": {why}" if classes else "")
+                return reject_record(src.name, sample_key, "read_error", detail[:300])
+            fields["label"] = label
         elif last == "json":
             try:
                 meta = json.loads(data)
@@ -198,8 +204,13 @@ def _assemble(src, sample_key, names, group, member_bytes: _MemberBytes) -> dict
             if isinstance(meta, dict):
                 if meta.get(src.text_field) is not None:
                     fields.setdefault("json_text", str(meta[src.text_field]).encode())
-                if isinstance(meta.get(src.label_field), int):
-                    fields.setdefault("label", meta[src.label_field])
+                value = meta.get(src.label_field)
+                if isinstance(value, int) or (classes and isinstance(value, str)):
+                    label, why = parse_label(value, classes)
+                    if why:
+                        return reject_record(src.name, sample_key, "read_error", f"json {why}"[:300])
+                    if label is not None:
+                        fields.setdefault("label", label)
     if "text" not in fields and "json_text" in fields:
         fields["text"] = fields["json_text"]
     fields.pop("json_text", None)
