@@ -46,13 +46,13 @@ def metric_values(metrics: dict) -> dict[str, float]:
     return out
 
 
-def log_metrics(client, run_id: str, metrics: dict, step: int = 0) -> None:
+def log_metrics(client, run_id: str, metrics: dict, step: int = 0, timestamp_ms: int | None = None) -> None:
     """Log ``metrics`` (``metric_values``) to MLflow run ``run_id``, split at MLflow's batch limit: the one
-    synchronous metric writer (the pipeline tracker's bookkeeping, `sync-metrics`; what stages log along the
-    way is spooled through ``pipelines.train.metrics_sender``)."""
+    metric writer (the pipeline tracker's bookkeeping, `sync-metrics`, and the background sender of what
+    stages spool along the way, which passes each line's own ``timestamp_ms``; default: now)."""
     from mlflow.entities import Metric
 
-    now = int(time.time() * 1000)
+    now = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
     items = [Metric(k, v, now, int(step)) for k, v in metric_values(metrics).items()]
     for i in range(0, len(items), MAX_METRICS_PER_BATCH):
         client.log_batch(run_id, metrics=items[i:i + MAX_METRICS_PER_BATCH])

@@ -121,7 +121,7 @@ def write_parts(batch, *, staging, cutoffs: list[int], dedup: bool, plot_samples
     import pyarrow as pa
     import ray
 
-    from pipelines.data.shards_task import _binary_cell
+    from pipelines.data.shards_task import binary_cell
     from pipelines.data.writer import encode_parquet, write_part_file
 
     node = ray.get_runtime_context().get_node_id()
@@ -142,8 +142,8 @@ def write_parts(batch, *, staging, cutoffs: list[int], dedup: bool, plot_samples
                 sha256 = hashlib.sha256(file).hexdigest()
             res = {"table": name, "index": spec["index"], "path": spec["path"], "rows": table.num_rows,
                    "sha256": sha256, "stats": stats, "node": node}
-            yield pa.table([_binary_cell(file),
-                            _binary_cell(pickle.dumps(res, protocol=pickle.HIGHEST_PROTOCOL))],
+            yield pa.table([binary_cell(file),
+                            binary_cell(pickle.dumps(res, protocol=pickle.HIGHEST_PROTOCOL))],
                            schema=task_output_schema())
 
 

@@ -151,7 +151,7 @@ def task_output_schema():
                       ("part", pa.large_binary()), ("rows", pa.large_binary())])
 
 
-def _binary_cell(data):
+def binary_cell(data):
     """A one-value large_binary array over `data` (bytes or pyarrow Buffer), without a copy."""
     import pyarrow as pa
 
@@ -213,8 +213,8 @@ def featurize_chunks(batch, *, spm_model: bytes, cfg, storage_uri: str,
                 part = pickle.dumps(res, protocol=pickle.HIGHEST_PROTOCOL)
             else:
                 rows = _ipc_bytes(table)
-            yield pa.table([pa.array([spec["id"]], pa.int32()), _binary_cell(file),
-                            _binary_cell(part), _binary_cell(rows)], schema=sch)
+            yield pa.table([pa.array([spec["id"]], pa.int32()), binary_cell(file),
+                            binary_cell(part), binary_cell(rows)], schema=sch)
 
 
 def node_id() -> str:

@@ -62,13 +62,9 @@ def send_line(client, run_id: str, item: dict, base_dir: str | None = None) -> b
     if missing_media(item, base_dir):
         return False
     if item["kind"] == "metrics":
-        from mlflow.entities import Metric
+        from pipelines.tracking import log_metrics
 
-        from pipelines.tracking import MAX_METRICS_PER_BATCH
-
-        items = [Metric(k, float(v), int(item["timestamp_ms"]), int(item["step"])) for k, v in item["metrics"].items()]
-        for i in range(0, len(items), MAX_METRICS_PER_BATCH):
-            client.log_batch(run_id, metrics=items[i:i + MAX_METRICS_PER_BATCH])
+        log_metrics(client, run_id, item["metrics"], int(item["step"]), int(item["timestamp_ms"]))
     elif item["kind"] == "table":
         from PIL import Image
 
