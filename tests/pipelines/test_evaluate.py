@@ -146,6 +146,11 @@ def test_generation_baselines(evaluated):
     assert 0.0 <= res["vqa"]["metrics"]["accuracy"] <= 1.0 and 0.0 <= res["vqa"]["baselines"]["accuracy"] <= 1.0
     assert {"bleu4", "cider", "rouge_l"} <= set(res["captions"]["metrics"])
     assert res["digits-probe"]["baseline_name"].startswith("majority")
+    # every utterance's own WER, in predictions.jsonl and in the report (all of them, not the examples only)
+    out_dir = evaluated[3]
+    preds = [json.loads(x) for x in (out_dir / "transcripts" / "predictions.jsonl").read_text().splitlines()]
+    assert preds and all(isinstance(p["wer"], float) and p["wer"] >= 0 for p in preds)
+    assert f"WER per utterance ({len(preds)})" in (out_dir / "report.html").read_text()
 
 
 def test_summary_report_and_mlflow(evaluated):
