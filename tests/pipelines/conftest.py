@@ -8,6 +8,8 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+import os
+
 import pytest
 import yaml
 
@@ -86,3 +88,30 @@ def diamond(project: Project, **overrides) -> dict:
     for stage, cfg in overrides.items():
         stages[stage]["with"].update(cfg)
     return {"name": "diamond", "plugins": ["omniway_test_kinds"], "stages": stages}
+
+
+# Debian's headless browser and its driver (`make test` installs chromium and chromium-driver)
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium; missing browser binaries fail the test (they are a test dependency)."""
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not (os.path.isfile(p) and os.access(p, os.X_OK))]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not found: `make test` installs Debian's chromium and "
+                    "chromium-driver (or run `apt-get install chromium chromium-driver`)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    # --no-sandbox: CI runs the tests as root, where Chromium's sandbox refuses to start
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1280,900", "--hide-scrollbars"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()

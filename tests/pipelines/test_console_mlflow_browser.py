@@ -5,7 +5,7 @@ visual tokenizer trained for a few steps through Ray Train + DeepSpeed) runs onc
 `omniway` command in a subprocess with an embedded Ray of its own and driver logging on, without the
 suite's quieting variables. The console tests read what it printed and what it left in Ray's logs folder;
 the browser tests serve its MLflow store with `omniway ui` (a real `mlflow ui` on 127.0.0.1) and open it in
-Debian's headless Chromium (the evaluate report tests' `browser` fixture). With OMNIWAY_SCREENSHOT_DIR set,
+Debian's headless Chromium (the `browser` fixture of tests/pipelines/conftest.py). With OMNIWAY_SCREENSHOT_DIR set,
 each page checked is saved there as a PNG. `--verbose` is checked last, by rerunning the training stage.
 """
 
@@ -28,7 +28,6 @@ from PIL import Image, ImageDraw
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from test_evaluation_report import browser  # noqa: F401 - the headless Chromium fixture, shared
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STAGES = ("corpus", "visual-tokenizer")

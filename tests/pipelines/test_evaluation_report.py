@@ -10,16 +10,12 @@ import shutil
 
 import pytest
 from PIL import Image, ImageDraw
-from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from pipelines.evaluation.report import render_report
 from pipelines.evaluation.tables import compare_table, markdown_table
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 INJECTED = "<script>window.__pwned = 1; alert('pwned')</script>"
 TITLE = "Evaluation of pretrain <b>1f93d581</b>"
 
@@ -123,25 +119,6 @@ def results_fixture() -> list[dict]:
 
 
 IMAGES_IN_FIXTURE = 3 + 2 + 3  # retrieval (a query, two hits), captioning, vqa
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """A headless Chromium; missing browser binaries fail the test (they are a test dependency)."""
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not (os.path.isfile(p) and os.access(p, os.X_OK))]
-    if missing:
-        pytest.fail(f"{', '.join(missing)} not found: `make test` installs Debian's chromium and "
-                    "chromium-driver (or run `apt-get install chromium chromium-driver`)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    # --no-sandbox: CI runs the tests as root, where Chromium's sandbox refuses to start
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1280,900", "--hide-scrollbars"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
 
 
 @pytest.fixture(scope="module")
