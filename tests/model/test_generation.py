@@ -124,9 +124,17 @@ def test_mixed_prompt_lengths_equal_each_row_alone(kind, beams):
     kw = dict(max_new_tokens=7, eos_id=EOS, num_beams=beams)
     batched = generate(model, head, {**batch_media, "text_ids": ids.masked_fill(pad, 0), "text_padding_mask": pad},
                        **kw)
+    assert_rows_alone_equal(model, head, batched, batch_media, ids, lengths, kw)
+
+
+def assert_rows_alone_equal(model, head, batched, batch_media: dict, ids: torch.Tensor, lengths: list[int],
+                            kw: dict, starts: list[int] | None = None) -> None:
+    """Each row of a padded batch's output equals the row generated alone (its prompt cut to its length,
+    with its own causal start when ``starts`` is given)."""
     for b, n in enumerate(lengths):
-        alone_media = {k: v[b:b + 1] for k, v in batch_media.items()}
-        alone = generate(model, head, {**alone_media, "text_ids": ids[b:b + 1, :n]}, **kw)
+        alone_inputs = {k: v[b:b + 1] for k, v in batch_media.items()} | {"text_ids": ids[b:b + 1, :n]}
+        extra = {} if starts is None else {"text_causal_start": torch.tensor([starts[b]])}
+        alone = generate(model, head, alone_inputs, **kw, **extra)
         m = int(alone.lengths[0])
         assert int(batched.lengths[b]) == m
         assert torch.equal(batched.tokens[b, :m], alone.tokens[0, :m]), b

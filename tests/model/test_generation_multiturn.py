@@ -10,7 +10,7 @@ import torch
 
 from model.generation import beam_search, decode_step, generate, prefill
 
-from test_generation import EOS, build, media, prompt
+from test_generation import EOS, assert_rows_alone_equal, build, media, prompt
 
 
 @pytest.mark.parametrize("policy", ["all", "ffn", "kv"])
@@ -64,13 +64,7 @@ def test_multi_turn_batch_of_mixed_lengths_equals_each_row_alone(beams):
     # the causal start may come as the keyword or under the model's own input key
     batched = generate(model, head, {**batch_media, "text_ids": ids.masked_fill(pad, 0), "text_padding_mask": pad,
                                      "text_causal_start": torch.tensor(starts)}, **kw)
-    for b, (n, s) in enumerate(zip(lengths, starts)):
-        alone = generate(model, head, {k: v[b:b + 1] for k, v in batch_media.items()} | {"text_ids": ids[b:b + 1, :n]},
-                         text_causal_start=torch.tensor([s]), **kw)
-        m = int(alone.lengths[0])
-        assert int(batched.lengths[b]) == m
-        assert torch.equal(batched.tokens[b, :m], alone.tokens[0, :m]), b
-        torch.testing.assert_close(batched.scores[b], alone.scores[0], rtol=0, atol=1e-4)
+    assert_rows_alone_equal(model, head, batched, batch_media, ids, lengths, kw, starts)  # the keyword form
 
 
 def test_beam_search_with_one_beam_is_greedy_on_a_multi_turn_prompt():
