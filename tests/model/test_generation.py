@@ -46,11 +46,18 @@ def test_cached_decode_equals_full_forward_at_every_step(policy, kind, fusion):
     ids = prompt(B, L)
     inputs = {**media(kind, B), "text_ids": ids}
     hidden, state = prefill(model, inputs)
-    seq = ids
+    assert_decode_equals_full_forward(model, head, inputs, hidden, state, torch.full((B,), L), steps)
+
+
+def assert_decode_equals_full_forward(model, head, inputs: dict, hidden, state, start: torch.Tensor,
+                                      steps: int) -> None:
+    """Greedy decode from a prefill (``hidden``, ``state``) predicts, at every step, what a full forward of
+    prompt + generated tokens with ``text_causal_start`` = ``start`` (B,) predicts (fp32, 1e-5)."""
+    seq, L = inputs["text_ids"], inputs["text_ids"].shape[1]
     with torch.no_grad():
         for t in range(steps):
             cached = head(hidden)  # (B, V): predicts token L + t
-            full = model({**inputs, "text_ids": seq, "text_causal_start": torch.full((B,), L)})
+            full = model({**inputs, "text_ids": seq, "text_causal_start": start})
             text = full.layout.segment("text")
             reference = head(full.hidden[:, text.start + L + t - 1])
             torch.testing.assert_close(cached, reference, rtol=0, atol=1e-5)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.generation import beam_search, decode_step, generate, prefill
+from model.generation import beam_search, generate, prefill
 
-from test_generation import EOS, assert_rows_alone_equal, build, media, prompt
+from test_generation import EOS, assert_decode_equals_full_forward, assert_rows_alone_equal, build, media, prompt
 
 
 @pytest.mark.parametrize("policy", ["all", "ffn", "kv"])
@@ -25,17 +25,7 @@ def test_two_turn_prompt_decodes_as_the_full_forward_at_every_step(policy, fusio
     bidirectional, _ = prefill(model, inputs)
     # the causal part of the prompt changes what its last token computes: the test can tell them apart
     assert not torch.allclose(head(hidden), head(bidirectional), atol=1e-3)
-    seq = ids
-    with torch.no_grad():
-        for t in range(steps):
-            cached = head(hidden)  # (B, V): predicts token L + t
-            full = model({**inputs, "text_ids": seq, "text_causal_start": start})
-            text = full.layout.segment("text")
-            reference = head(full.hidden[:, text.start + L + t - 1])
-            torch.testing.assert_close(cached, reference, rtol=0, atol=1e-5)
-            nxt = cached.argmax(-1)
-            seq = torch.cat([seq, nxt[:, None]], dim=1)
-            hidden = decode_step(model, nxt, state)
+    assert_decode_equals_full_forward(model, head, inputs, hidden, state, start, steps)
 
 
 @pytest.mark.parametrize("kind", ["image", "text"])
