@@ -155,9 +155,9 @@ _RAYLET_NOTICES = re.compile(r"worker processes have been started on node")
 
 def _divert_raylet_notices() -> None:
     """Keep the raylet's `_RAYLET_NOTICES` off the console (its own `raylet.out` in the logs folder has
-    them); every other raylet
-    message (a worker killed for memory, an unhandled task error) still prints. Ray-internal: the driver's
-    error listener calls ``ray._private.worker.print_to_stdstream`` by its module-level name."""
+    them); every other raylet message (a worker killed for memory, an unhandled task error) still prints.
+    Ray-internal: the driver's error listener calls ``ray._private.worker.print_to_stdstream`` by its
+    module-level name."""
     import ray._private.worker as ray_worker
 
     original = ray_worker.print_to_stdstream

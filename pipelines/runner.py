@@ -292,7 +292,7 @@ def _execute(spec, storage, plans, results, tracker, echo) -> None:
                     run_id=run_id, tracking_uri=spec.tracking_uri, forced=p.state == "forced",
                     replace=p.state == "forced" or (damaged and existing is not None))
                 running[ref] = (name, key, run_id, time.time())
-                echo(f"[{_now()}] > {name} ({stage.uses}) started, key {key}, MLflow run {run_id}")
+                echo(f"[{_now()}] > {name} ({stage.uses}) started, key {key}, {_run_ref(run_id)}")
         if not running:
             if waiting and (failed or not _any_ready(spec, waiting, manifests)):
                 for name in waiting:
@@ -321,7 +321,7 @@ def _execute(spec, storage, plans, results, tracker, echo) -> None:
             results[name] = StageResult(name, "ran", key, duration, run_id,
                                         metrics=manifest.get("metrics", {}))
             echo(f"[{_now()}] + {name} done in {duration:.1f}s  {_short(manifest.get('metrics', {}))}"
-                 f"  (MLflow run {run_id})")
+                 f"  ({_run_ref(run_id)})")
 
 
 def _any_ready(spec, waiting, manifests) -> bool:
@@ -342,6 +342,11 @@ def format_summary(report: RunReport) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row[:5], widths)) + "  " + row[5]
                      for row in rows)
+
+
+def _run_ref(run_id: str | None) -> str:
+    """How a stage line names its MLflow run; an untracked stage keeps what it logged in its output."""
+    return f"MLflow run {run_id}" if run_id else "untracked (its metrics are kept in its output)"
 
 
 def current_outputs(spec: PipelineSpec, stages=(), kind: str | None = None) -> list[tuple[str, Manifest | None]]:

@@ -107,6 +107,8 @@ def test_a_tracking_server_that_is_not_there_costs_no_output(offline):
     assert "did not take" not in err, err
     for stage, lines in (("corpus", 2), ("logger", 5)):  # corpus: its sample grid and its rejects file
         assert f"{lines} logged lines of stage {stage!r} did not reach MLflow" in out, out
+        started = [line for line in out.splitlines() if f"> {stage} (" in line and " started, key " in line]
+        assert len(started) == 1 and started[0].endswith("untracked (its metrics are kept in its output)"), out
         key_dir, manifest = offline.output(stage)
         listed = {f["path"] for f in manifest["files"]}
         assert UNSENT_FILE in listed and manifest["mlflow_run_id"] is None
