@@ -230,9 +230,8 @@ def corpus(ctx) -> dict[str, float]:
 
     cfg: CorpusConfig = ctx.config
     check_config(cfg)
-    # as resolved at load, checked against the data as it is now: the readers store a class name as its
-    # place in the table
-    cfg = with_data_label_names(cfg)
+    # the label names found in the data are in `cfg` already (resolved when the pipeline loaded); a name
+    # the data gained since is a reader's reject (read_error), not a second scan of every label here
     started = time.time()
     staging = Staging.new(ctx.storage_uri or ctx.output_dir, ctx.pipeline, ctx.stage, ctx.key)
     try:
