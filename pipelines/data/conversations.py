@@ -27,6 +27,8 @@ import os
 import random
 from typing import Iterator
 
+from tasks.chat import PLACEHOLDERS, ConversationError
+
 
 def _record(source: str, key: str, turns, images=(), audios=(), task: str = "conversation",
             split: str | None = None, base: str = "") -> dict:
@@ -74,20 +76,13 @@ def read_llava(source: str, path: str) -> Iterator[dict]:
 _PART_MODALITIES = {"image": "image", "image_url": "image", "audio": "audio", "input_audio": "audio"}
 
 
-class _BadContent(ValueError):
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason = reason
-
-
 def _content_text(content, where: str) -> str | None:
     """A message's `content` -> its text: a string (or null) as it is, a list of parts joined in order."""
     if content is None or isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise _BadContent("read_error", f"{where}: content is {type(content).__name__}; expected a string or a "
+        raise ConversationError("read_error", f"{where}: content is {type(content).__name__}; expected a string or a "
                                         "list of parts")
-    from tasks.chat import PLACEHOLDERS
 
     texts = []
     for j, part in enumerate(content):
@@ -97,10 +92,10 @@ def _content_text(content, where: str) -> str | None:
         elif kind in _PART_MODALITIES:
             texts.append(PLACEHOLDERS[_PART_MODALITIES[kind]])
         elif isinstance(kind, str) and kind != "text":
-            raise _BadContent("unsupported_format", f"{where}, part {j + 1}: type {kind!r} (known: text, "
+            raise ConversationError("unsupported_format", f"{where}, part {j + 1}: type {kind!r} (known: text, "
                                                     f"{', '.join(_PART_MODALITIES)})")
         else:
-            raise _BadContent("read_error", f"{where}, part {j + 1}: expected {{\"type\": \"text\", \"text\": "
+            raise ConversationError("read_error", f"{where}, part {j + 1}: expected {{\"type\": \"text\", \"text\": "
                                             f"str}} or a media part, got {json.dumps(part)[:80]}")
     return "\n".join(texts)
 
@@ -120,8 +115,8 @@ def read_messages(source: str, path: str) -> Iterator[dict]:
             item = json.loads(line)
             turns = [(m["role"], _content_text(m["content"], f"line {i + 1}, message {n + 1}"))
                      for n, m in enumerate(item["messages"])]
-        except _BadContent as e:  # the line parsed: its own id names the reject
-            yield _bad(source, str(item.get("id", key)), e.reason, str(e))
+        except ConversationError as e:  # the line parsed: its own id names the reject
+            yield _bad(source, str(item.get("id", key)), e.reason, e.detail)
             continue
         except (ValueError, TypeError, KeyError) as e:
             yield _bad(source, key, "read_error", f"line {i + 1}: {type(e).__name__}: {e}")
