@@ -12,11 +12,11 @@ import os
 import sys
 
 # Modules adding subcommands through `add_commands(subparsers, this_module)`: `omniway report` (evaluation
-# results), `omniway verify` (outputs against their manifests), `omniway sync-metrics` (metrics MLflow did
-# not take during training); `omniway submit` and `omniway jobs` from cluster/, loaded by name (no import
+# results), `omniway verify` (outputs against their manifests), `omniway sync-metrics` (what stages logged
+# and MLflow did not take); `omniway submit` and `omniway jobs` from cluster/, loaded by name (no import
 # statement: the direction is cluster -> pipelines).
 COMMAND_MODULES: tuple[str, ...] = ("pipelines.evaluation.summary", "pipelines.integrity",
-                                    "pipelines.train.metrics_sender", "cluster.jobs")
+                                    "pipelines.sync_metrics", "cluster.jobs")
 
 
 def add_pipeline_args(p: argparse.ArgumentParser) -> None:
@@ -155,7 +155,7 @@ def cmd_run(args) -> int:
             print("\n" + evaluations)
     ran = [r.name for r in report.results.values() if r.state == "ran"]
     if ran and report.tracking_uri:
-        from pipelines.train.metrics_sender import UNSENT_FILE, unsent_outputs
+        from pipelines.sync_metrics import UNSENT_FILE, unsent_outputs
 
         for name, m in unsent_outputs(spec, ran):
             with m.open(UNSENT_FILE) as f:
