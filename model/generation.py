@@ -73,6 +73,7 @@ class DecodeState:
                  next_seq_pos: torch.Tensor, modalities: tuple[str, ...]):
         self.caches = [LayerCache() for _ in range(layers)]
         self.key_valid, self.key_pos = key_valid, key_pos
+        self.all_valid = bool(key_valid.all())  # no padding key: decode steps need no mask
         self.next_text_pos, self.next_seq_pos = next_text_pos, next_seq_pos
         self.modalities = modalities
 
@@ -167,7 +168,9 @@ def decode_step(model, ids: torch.Tensor, state: DecodeState) -> torch.Tensor:
     B = x.shape[0]
     state.key_valid = torch.cat([state.key_valid, torch.ones(B, 1, dtype=torch.bool, device=x.device)], dim=1)
     state.key_pos = torch.cat([state.key_pos, state.next_seq_pos[:, None]], dim=1)
-    mask = state.key_valid[:, None, None, :]  # (B, 1, 1, T_k): the whole prefix and the response so far
+    # (B, 1, 1, T_k): the whole prefix and the response so far; None when every key counts (no padded
+    # prompt), which keeps SDPA on its unmasked kernel
+    mask = None if state.all_valid else state.key_valid[:, None, None, :]
     bias = None
     if model.encoder.rel_pos is not None:
         bias = model.encoder.rel_pos.between(state.next_seq_pos[:, None], state.key_pos)  # (B, H, 1, T_k)

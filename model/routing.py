@@ -15,6 +15,11 @@ import torch
 from torch import nn
 
 from .layout import Layout
+from .ops import Linear
+
+# Linear classes whose forward is exactly ``x @ W^T + b`` outside autocast (``ops.Linear`` differs only under
+# CPU bf16 autocast, which ``_writes_in_place`` excludes).
+_PLAIN_LINEARS = (nn.Linear, Linear)
 
 FUSION = "fusion"  # key of the fusion expert (BEiT-3 paper's VL-FFN)
 SHARED = "shared"  # key of the one module all non-fusion tokens use when a part is not per modality
@@ -45,7 +50,10 @@ class Experts(nn.ModuleDict):
         if len(segments) == 1:
             return self._expert(segments[0].modality)(x)
         parts = torch.split(x, [s.length for s in segments], dim=0)  # contiguous views, no copy
-        return torch.cat([self._expert(s.modality)(p) for s, p in zip(segments, parts)], dim=0)
+        experts = [self._expert(s.modality) for s in segments]
+        if _writes_in_place(experts, x):
+            return _linears_into_one(experts, parts, x)
+        return torch.cat([e(p) for e, p in zip(experts, parts)], dim=0)
 
     def _route_tokens(self, x: torch.Tensor, layout: Layout) -> torch.Tensor:
         ids = layout.token_modality.t()  # (T, B), sequence-first like x
@@ -64,6 +72,33 @@ class Experts(nn.ModuleDict):
         if name not in self:
             raise KeyError(f"no expert for modality {name!r}; experts: {list(self.keys())}")
         return self[name]
+
+
+def _writes_in_place(experts: list[nn.Module], x: torch.Tensor) -> bool:
+    """Inference on plain fp32/bf16 weights (no autograd, no autocast): the experts are linear layers that
+    can write their segments straight into one output (``_linears_into_one``)."""
+    return (not torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type)
+            and all(type(e) in _PLAIN_LINEARS and e.weight.dtype == x.dtype for e in experts))
+
+
+def _linears_into_one(experts: list[nn.Module], parts: tuple[torch.Tensor, ...], x: torch.Tensor) -> torch.Tensor:
+    """Each segment's matmul writes its rows of the output, (T, B, C_out): the same products as calling the
+    experts and concatenating, without the concatenation's copy of every output (a prefill's image and text
+    segments: the whole activation once more per routed projection)."""
+    T, B, _ = x.shape
+    n_out = experts[0].weight.shape[0]
+    out = x.new_empty(T, B, n_out)
+    rows = out.view(T * B, n_out)
+    start = 0
+    for e, p in zip(experts, parts):
+        n = p.shape[0] * B
+        flat = p.reshape(n, p.shape[-1])  # (T_s * B, C): a view, segments are contiguous
+        if e.bias is None:
+            torch.mm(flat, e.weight.t(), out=rows[start:start + n])
+        else:
+            torch.addmm(e.bias, flat, e.weight.t(), out=rows[start:start + n])
+        start += n
+    return out
 
 
 def route(module: nn.Module, x: torch.Tensor, layout: Layout) -> torch.Tensor:

@@ -23,6 +23,25 @@ def test_model_experts_route_segments_to_their_modality():
     torch.testing.assert_close(experts(x, Layout.interleaved(ids, ("vision", "text"))), y)
 
 
+def test_model_inference_routing_writes_segments_in_place_with_the_same_values():
+    # without autograd, linear experts write their segments into one output instead of concatenating;
+    # the values must be those of the concatenating path (what training runs), bias or none
+    from model.ops import Linear
+
+    for bias in (True, False):
+        torch.manual_seed(0)
+        experts = Experts(lambda: Linear(8, 6, bias=bias), ("vision", "text", "audio"))
+        x = torch.randn(9, 3, 8)  # (T, B, C)
+        layout = Layout.contiguous([("vision", 4), ("text", 3), ("audio", 2)])
+        trained = experts(x, layout)  # grad enabled: per-segment outputs concatenated
+        assert trained.requires_grad
+        with torch.no_grad():
+            fast = experts(x, layout)
+        assert fast.shape == (9, 3, 6) and fast.is_contiguous()
+        torch.testing.assert_close(fast, trained.detach(), atol=0, rtol=0)
+        torch.testing.assert_close(fast[4:7], experts["text"](x[4:7]).detach(), atol=0, rtol=0)
+
+
 def test_model_interleaved_layout_matches_permuted_contiguous():
     # attention without position bias is permutation-equivariant, so shuffling tokens and routing them by a
     # per-token indicator must give the shuffled contiguous result
