@@ -10,8 +10,15 @@
    states dominate memory, counted from the DeepSpeed engine each worker holds (see ``state_bytes``);
    peak RSS is printed too, but on CPU it is mostly the Python / torch / Ray imports.
 
-    python benchmarks/bench_train.py [--steps 20] [--batch 12]
-    python benchmarks/bench_train.py --gpu [--size base] [--image-size 224] [--batch 96]
+    python benchmarks/bench_train.py [--steps 20] [--batch 12] [--augment]
+    python benchmarks/bench_train.py --gpu [--size base] [--image-size 224] [--batch 96] [--augment]
+
+``--augment``: the recipe's training-image augmentation on (BEiT's crop, flip and colour jitter, in the
+workers' collate, ``PretrainTask.collate_train``); on CPU the MIM target stays the visual tokens, so the
+frozen visual tokenizer (the 32 px test fixture) runs on every augmented view in the workers too, as in a
+stage run; with ``--gpu`` the target is pixels (no tokenizer fits 224 px here): augmentation alone. The
+ZeRO state section is left out then (augmentation changes no state). The plain loop's pre-collated
+batches are augmented (and tokenized) once, before its timing, so it times the same model work.
 
 ``--gpu``: one GPU, one Ray Train worker (4 CPUs) against the plain loop on the same GPU, both bf16 as
 autocast over fp32 weights (the engine's ``torch_autocast``, see ``pipelines.train.engine.ds_config``), the
@@ -47,9 +54,11 @@ STATE_MODEL = {"dim": 512, "layers": 4, "heads": 8, "ffn_dim": 2048, "modalities
 
 
 def make_task(shards, *, steps: int, workers: int, batch: int, zero: int = 2, model: dict | None = None,
-              log_every: int | None = None, gpu: dict | None = None):
+              log_every: int | None = None, gpu: dict | None = None, visual=None, augment: bool = False):
     """The pretrain task and config the stage would build; ``batch`` is the global batch. ``gpu``:
-    {size, image_size} for a one-GPU run (bf16, pixel MIM target: the fixture codes fit 32 px only)."""
+    {size, image_size} for a one-GPU run (bf16, pixel MIM target: the fixture codes fit 32 px only).
+    ``augment``: the recipe's image augmentation on; ``visual``: the visual-tokenizer manifest that then
+    tokenizes the augmented views (visual-token MIM target)."""
     from pipelines.stages.pretrain import PretrainConfig
     from pipelines.train.pretrain_task import PretrainTask
     from pipelines.typed import from_dict
@@ -58,12 +67,14 @@ def make_task(shards, *, steps: int, workers: int, batch: int, zero: int = 2, mo
     device = ({"use_gpu": True, "precision": "bf16", "cpus_per_worker": 4.0} if gpu else
               {"precision": "fp32", "cpus_per_worker": 1.0 / workers})
     extra = {"size": gpu["size"], "image_size": gpu["image_size"], "mim_target": "pixels"} if gpu else {}
+    if augment:
+        extra["recipe_overrides"] = {"augment": {"enabled": True}}
     cfg = from_dict(PretrainConfig, {
         "recipe": "beit3", "codebook_size": 64, "model": model or {}, **extra,
         "train": {"steps": steps, "micro_batch_size": batch // workers, "num_workers": workers,
                   "zero_stage": zero, "log_every": log_every or steps, "checkpoint_every": steps,
                   "warmup_steps": 1, **device}}, "pretrain")
-    return PretrainTask(cfg, shards), cfg
+    return PretrainTask(cfg, shards, visual if augment else None), cfg
 
 
 def read_rows(task) -> dict[str, list[dict]]:
@@ -93,10 +104,11 @@ def numpy_rows(rs: list[dict]) -> dict:
 
 
 def collated_batches(task, rows, n: int, scale: int = 1) -> list[dict]:
-    """``n`` different collated batches of ``task.sizes`` x ``scale`` rows per group."""
+    """``n`` different collated batches of ``task.sizes`` x ``scale`` rows per group, as the training
+    collate makes them (augmented, and their views tokenized, when the recipe augments)."""
     sizes = {g: b * scale for g, b in task.sizes.items()}
-    return [{g: task.collate(g, numpy_rows(rows[g][(i * k) % len(rows[g]):][:k])) for g, k in sizes.items()}
-            for i in range(n)]
+    return [{g: task.collate_train(g, numpy_rows(rows[g][(i * k) % len(rows[g]):][:k]), 0)
+             for g, k in sizes.items()} for i in range(n)]
 
 
 def plain_loop(task, cfg, steps: int, warmup: int = 3) -> float:
@@ -233,12 +245,14 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="one GPU: 1 worker against the plain loop on the GPU")
     ap.add_argument("--size", default="base", help="model size with --gpu")
     ap.add_argument("--image-size", type=int, default=224, help="model resolution with --gpu")
+    ap.add_argument("--augment", action="store_true", help="the recipe's image augmentation on (see above)")
     args = ap.parse_args()
     args.batch = args.batch or (96 if args.gpu else 12)
     gpu = {"size": args.size, "image_size": args.image_size} if args.gpu else None
     import ray
 
     from omniway_shard_fixtures import shards_manifest, write_shards
+    from omniway_visual_tokenizer_fixture import write_visual_tokenizer
 
     tmp = tempfile.mkdtemp(prefix="bench-train-")
     # one epoch covers the whole run: at most `batch` rows of a group per step, 2 * steps steps, + margin
@@ -246,9 +260,13 @@ def main() -> None:
     root = write_shards(os.path.join(tmp, "shards"), rows_per_group=dict.fromkeys(GROUPS, rows_per_group),
                         val_per_group=dict.fromkeys(GROUPS, 4), rows_per_file=256)
     shards = shards_manifest(root)
+    common = {"batch": args.batch, "gpu": gpu, "augment": args.augment,
+              "visual": write_visual_tokenizer(os.path.join(tmp, "vqkd")) if args.augment and not gpu else None}
 
-    task, cfg = make_task(shards, steps=args.steps, workers=1, batch=args.batch, gpu=gpu)
+    task, cfg = make_task(shards, steps=args.steps, workers=1, **common)
     where = f"{args.size} model, {args.image_size} px, bf16, 1 GPU" if gpu else "1 process, 1 thread"
+    if args.augment:
+        where += ", images augmented" + ("" if gpu else " and tokenized") + " before the timing"
     before = plain_loop(task, cfg, args.steps)
     print(f"plain pytorch loop ({where}), global batch {args.batch}: {before:.2f} steps/s", flush=True)
     # Ray starts after the first plain measurement: its worker processes start up in the background
@@ -258,25 +276,26 @@ def main() -> None:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     results = {}
     for workers in (1,) if gpu else (1, 2):
-        task, cfg = make_task(shards, steps=2 * args.steps, workers=workers, batch=args.batch,
-                              log_every=args.steps, gpu=gpu)
+        task, cfg = make_task(shards, steps=2 * args.steps, workers=workers, log_every=args.steps, **common)
         results[workers] = ray_loop(task, cfg, os.path.join(tmp, "ray"), f"w{workers}")
     # measured again after the Ray runs: on a shared machine the load drifts, and the mean of the two
     # brackets the Ray runs better than either
-    task, cfg = make_task(shards, steps=args.steps, workers=1, batch=args.batch, gpu=gpu)
+    task, cfg = make_task(shards, steps=args.steps, workers=1, **common)
     after = plain_loop(task, cfg, args.steps)
     plain = (before + after) / 2
     print(f"plain pytorch loop again: {after:.2f} steps/s; mean {plain:.2f}", flush=True)
     for workers, m in results.items():
         sps = 1.0 / m["step_time_s"]
         stage = "zero-2" if workers > 1 else "zero-2 config, run as stage 0 (one worker)"
-        each = "1 GPU, bf16" if gpu else "1 thread each"
+        each = ("1 GPU, bf16" if gpu else "1 thread each") + (", augmentation on" if args.augment else "")
         print(f"ray train + deepspeed {stage}, {workers} worker(s), {each}: {sps:.2f} steps/s "
               f"({sps / plain:.2f}x plain), data_wait_share {m['data_wait_share']:.4f}, mfu {m['mfu']:.3f}, "
               f"peak {'GPU memory' if gpu else 'RSS'}/worker "
               f"{max(v for k, v in m.items() if k.startswith('memory/')) / 2**20:.0f} MiB", flush=True)
-    if gpu:
-        print(f"ray+deepspeed 1 worker / plain steps/s: {1.0 / results[1]['step_time_s'] / plain:.2f}")
+    if gpu or args.augment:
+        for workers in results:
+            print(f"ray+deepspeed {workers} worker(s) / plain steps/s: "
+                  f"{1.0 / results[workers]['step_time_s'] / plain:.2f}")
         print(f"data_wait_share: {results[1]['data_wait_share']:.4f}")
         return
 

@@ -152,8 +152,9 @@ class Collator:
         """Add ``text_mask`` (B, L), ``pixel_mask`` (B, N) and ``fbank_mask`` (B, N_audio) for the group's
         modalities; joint ratios apply when the sample has more than one modality. For the recipe's
         modality-level task (groups with text and more): ``modality_rows`` (k,) the rows whose text is
-        reconstructed and ``modality_keep`` (1,) the index of the modalities kept (``TRIPLET_KEEP`` for
-        triplets); for matching, ``tasks.matching.draw_matching``'s draws.
+        reconstructed, ``modality_mask`` (k, L) its tokens predicted and ``modality_keep`` (1,) the index of
+        the modalities kept (``TRIPLET_KEEP`` for triplets); for matching, ``tasks.matching.draw_matching``'s
+        draws.
 
         ``shared``: a generator drawing the same on every rank (defaults to ``generator``): what decides
         which passes run (the kept modalities) must not differ between ranks, which run one code path."""
@@ -167,8 +168,11 @@ class Collator:
             rows = torch.randperm(B, generator=generator)[:k].sort().values
             ids = t["text_ids"][rows]
             t["modality_rows"] = rows  # (k,)
-            # the whole text of those rows is masked: every token but padding, bos and eos
-            t["modality_mask"] = ~t["text_padding_mask"][rows] & (ids != s.bos_id) & (ids != s.eos_id)  # (k, L)
+            # the text tokens reconstructed, (k, L): under the MLM decoder the whole text of those rows is
+            # masked, every token but padding, bos and eos; the causal decoder predicts every token after
+            # bos, eos included (the caption's end is generated too)
+            predicted = ~t["text_padding_mask"][rows] & (ids != s.bos_id)
+            t["modality_mask"] = predicted & (ids != s.eos_id) if r.modality_decoder == "mlm" else predicted
             variants = len(TRIPLET_KEEP) if len(mods) == 3 else 1
             t["modality_keep"] = torch.randint(0, variants, (1,), generator=shared or generator)
         if r.uses("match") and joint:

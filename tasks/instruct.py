@@ -73,9 +73,8 @@ class InstructModel(nn.Module):
         inputs = {k: b[k] for m in GROUPS[group] for k in _INPUT_KEYS[m] if k in b}
         inputs["text_causal_start"] = b["causal_start"]
         text = self.backbone(inputs).tokens["text"]  # (B, L, C)
-        targets = b["text_ids"][:, 1:]  # token i + 1 ...
-        mask = b["loss_mask"][:, 1:] & ~b["text_padding_mask"][:, 1:]  # ... where it is an answer token
-        return self.lm(text[:, :-1], targets, mask)  # ... predicted from the features of token i
+        # token i + 1 predicted from the features of token i, where i + 1 is an answer token
+        return self.lm.next_token(text, b["text_ids"], b["loss_mask"] & ~b["text_padding_mask"])
 
     def forward(self, batch: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """{group: batch} -> {"loss": mean over every answer token of the step, "lm/<group>", "lm_tokens"}."""

@@ -26,7 +26,8 @@ def _masked_mean(values: torch.Tensor, count: int) -> torch.Tensor:
 
 
 class MaskedLanguageModeling(nn.Module):
-    """Predict the original ids of masked text tokens (head tied to the text embedding).
+    """Predict the original ids of masked text tokens (head tied to the text embedding); as the LM head
+    of a prefix-LM (``next_token``), the next token's id from each text token's features.
 
     Args:
         dim: model width.
@@ -61,6 +62,12 @@ class MaskedLanguageModeling(nn.Module):
         loss = _masked_mean(F.cross_entropy(logits.float(), labels, reduction="none"), k)
         acc = _masked_mean((logits.argmax(-1) == labels).float(), k)
         return {"loss": loss, "acc": acc.detach(), "count": torch.tensor(float(k))}
+
+    def next_token(self, tokens: torch.Tensor, ids: torch.Tensor, predicted: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Next-token loss of a prefix-LM (this head as the LM head): the features of text token i predict
+        token i + 1 wherever ``predicted`` marks i + 1. tokens (B, L, C) text features of a pass under the
+        prefix-LM mask (``text_causal_start``); ids (B, L) the input ids; predicted (B, L) bool."""
+        return self(tokens[:, :-1], ids[:, 1:], predicted[:, 1:])
 
 
 class MaskedImageModeling(nn.Module):

@@ -11,8 +11,10 @@ Per group (``recipes.GROUPS``):
   group's modalities feeds MLM, MIM, masked audio modeling and the denoising student;
 - teacher pass (denoise): the clean joint input under no-grad;
 - unimodal passes (contrast, groups of two or three modalities): each modality alone, CLS -> projection.
-- modality-level pass (modality, groups with text and more): the chosen rows' text wholly masked, with
-  the other modalities (triplets: both, or one dropped, per step), MLM head over the whole text (OPT);
+- modality-level pass (modality, groups with text and more): the chosen rows' text with the other
+  modalities (triplets: both, or one dropped, per step), reconstructed by the recipe's
+  ``modality_decoder``: ``mlm``, the text wholly masked and the MLM head over it (OPT); ``causal``, the text
+  as the response under the prefix-LM mask, next-token loss through the LM head (CoCa's captioning loss);
 - matching pass (match, groups of two or three): pairs with hard negatives from the in-batch similarity,
   triplets in OPT's five match states (``tasks.matching``), first token of the fused sequence -> ITMHead.
 Each objective's loss is averaged over the groups it applies to, then weighted by the recipe.
@@ -66,9 +68,13 @@ class PretrainModel(nn.Module):
         self.backbone = config.build()
         dim = config.dim
         # heads only for the objectives the recipe runs: no idle parameters in the optimizer
-        # the modality-level task reconstructs text through the MLM head too
-        if (recipe.uses("mlm") or recipe.uses("modality")) and "text" in config.modalities:  # reads the text embedding
+        modality = recipe.uses("modality") and "text" in config.modalities
+        causal = modality and recipe.modality_decoder == "causal"
+        # the modality-level task reconstructs text through the MLM head too, unless it decodes causally
+        if (recipe.uses("mlm") or (modality and not causal)) and "text" in config.modalities:
             self.mlm = MaskedLanguageModeling(dim, config.text.vocab_size, embedding=self.backbone.text_embedding)
+        if causal:  # the LM head: the MLM head's form, tied to the text embedding (the instruct stage's)
+            self.lm = MaskedLanguageModeling(dim, config.text.vocab_size, embedding=self.backbone.text_embedding)
         if recipe.uses("mim"):
             self.mim = MaskedImageModeling(dim, mim_target, codebook_size, config.vision.patch_size,
                                            config.vision.in_chans)
@@ -87,8 +93,10 @@ class PretrainModel(nn.Module):
     def external_parameters(self) -> list[tuple[nn.Module, nn.Parameter]]:
         """(module, parameter) pairs ZeRO-3 must gather for ``module`` although ``module`` does not own the
         parameter (the loop passes them to ``deepspeed.zero.register_external_parameter``): the MLM head's
-        output matrix is the text embedding (tied), gathered for the head's forward and backward."""
-        return [(self.mlm.head, self.backbone.text_embedding.weight)] if hasattr(self, "mlm") else []
+        output matrix is the text embedding (tied), gathered for the head's forward and backward; the LM
+        head's likewise."""
+        return [(getattr(self, name).head, self.backbone.text_embedding.weight) for name in ("mlm", "lm")
+                if hasattr(self, name)]
 
     # -- helpers ---------------------------------------------------------------------------------------
     @staticmethod
@@ -146,7 +154,7 @@ class PretrainModel(nn.Module):
             pooled = {MODEL_MODALITY[m]: self.backbone(self._inputs(b, (m,))).pooled[MODEL_MODALITY[m]]
                       for m in mods}
             res["contrast"] = self.contrast(pooled)
-        if r.uses("modality") and "modality_rows" in b and hasattr(self, "mlm"):
+        if r.uses("modality") and "modality_rows" in b and (hasattr(self, "mlm") or hasattr(self, "lm")):
             res["modality"] = self._modality_level(b, mods)
         if r.uses("match") and len(mods) == 2 and "match_u" in b:
             res["match"] = self._pair_match(b, mods, pooled)
@@ -156,11 +164,16 @@ class PretrainModel(nn.Module):
 
     # -- OPT's modality level, sample-level matching ----------------------------------------------------
     def _modality_level(self, b: dict[str, torch.Tensor], mods) -> dict[str, torch.Tensor]:
-        """The chosen rows' whole text masked and reconstructed from the modalities kept beside it."""
+        """The chosen rows' text reconstructed from the modalities kept beside it: wholly masked, through
+        the MLM head; or (causal decoder) generated, every text token seeing the media and the text before
+        it only (prefix-LM mask from the text's first token), next-token loss through the LM head."""
         rows, mask = b["modality_rows"], b["modality_mask"]  # (k,), (k, L)
         keep = TRIPLET_KEEP[int(b["modality_keep"])] if len(mods) == 3 else tuple(m for m in mods if m != "text")
         x = {k: v[rows] for k, v in self._inputs(b, ("text", *keep)).items()}
         ids = x["text_ids"]  # (k, L)
+        if hasattr(self, "lm"):
+            x["text_causal_start"] = torch.zeros(ids.shape[0], dtype=torch.long, device=ids.device)  # (k,)
+            return self.lm.next_token(self.backbone(x).tokens["text"], ids, mask)
         x["text_ids"] = ids.masked_fill(mask, self.mask_id)
         out = self.backbone(x)
         return self.mlm(out.tokens["text"], ids, mask)
@@ -229,8 +242,11 @@ class PretrainModel(nn.Module):
     # -- validation ------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, group: str, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per-batch validation outputs: ``emb/<modality>`` (B, E) for groups of several modalities, and
-        ``mlm_correct`` / ``mlm_count`` / ``mim_correct`` / ``mim_count`` from the masked pass."""
+        """Per-batch validation outputs: ``emb/<modality>`` (B, E) for groups of several modalities,
+        ``mlm_correct`` / ``mlm_count`` / ``mim_correct`` / ``mim_count`` from the masked pass, and with the
+        recipe's matching (draws from ``Collator.add_masks``) ``match_correct`` / ``match_count`` (pairs: the
+        B positives and their hard negatives each way, binary) and ``triplet_match_correct`` /
+        ``triplet_match_count`` (triplets, the five match states)."""
         mods = GROUPS[group]
         out: dict[str, torch.Tensor] = {}
         if len(mods) > 1:
@@ -245,4 +261,11 @@ class PretrainModel(nn.Module):
             if has_mim and self.mim.target == "tokens":
                 r = self.mim(self._patch_tokens(o, MODEL_MODALITY["image"]), b["pixel_mask"], b["pixels"], b.get("image_tokens"))
                 out["mim_correct"], out["mim_count"] = r["acc"] * r["count"], r["count"]
+        r = None
+        if hasattr(self, "match") and len(mods) == 2 and "match_u" in b:
+            kind, r = "match", self._pair_match(b, mods, None)
+        if hasattr(self, "triplet_match") and len(mods) == 3 and "match_state" in b:
+            kind, r = "triplet_match", self._triplet_match(b, mods)
+        if r is not None:
+            out[f"{kind}_correct"], out[f"{kind}_count"] = r["acc"] * r["count"], r["count"]
         return out

@@ -23,6 +23,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
 # Data (corpus, shards, groups) calls the image modality "image", the model (ModelConfig.vision, its
 # adapters, experts and checkpoints, torchscale's layout) "vision": this is the one mapping between them.
 MODEL_MODALITY = {"image": "vision", "text": "text", "audio": "audio"}
+MODALITY_DECODERS = ("mlm", "causal")  # Recipe.modality_decoder
 OBJECTIVES = ("mlm", "mim", "mam", "contrast", "denoise", "modality", "match")
 
 
@@ -80,9 +81,9 @@ class Recipe:
     Args:
         weights: objective -> loss weight; objectives absent (or 0) do not run. Names: mlm, mim, mam
             (masked audio), contrast (cross-modal), denoise (intra-modal denoising contrast), modality
-            (OPT's modality level: text of pairs / triplets fully masked, other modalities possibly dropped,
-            the text reconstructed by the MLM head), match (sample level: image-text style matching of
-            pairs with hard negatives, OPT's 5-way match state of triplets).
+            (OPT's modality level: the text of pairs / triplets reconstructed from the other modalities, one
+            of which a triplet may drop; see ``modality_decoder``), match (sample level: image-text style
+            matching of pairs with hard negatives, OPT's 5-way match state of triplets).
         denoise_weights: per-modality factor of the denoising loss, by model modality name (`vision`,
             `text`, `audio`; ONE-PEACE: text 0.5, vision 1.0).
         text_mask: masked fraction of text in text-only samples (BEiT-3: 0.15).
@@ -95,6 +96,11 @@ class Recipe:
         denoise_temperature: token InfoNCE temperature (ONE-PEACE: 0.4).
         modality_prob: share of each pair / triplet batch that the modality-level task reconstructs
             (at least one sample per group and step).
+        modality_decoder: how the modality-level task reconstructs the text: ``mlm`` (the whole text
+            masked, every token predicted by the MLM head at once, OPT's masked reconstruction) or
+            ``causal`` (the text is the response under the prefix-LM mask, media bidirectional and text
+            causal, next-token cross-entropy through the LM head: CoCa's captioning loss, OPT's text
+            decoding; the LM head is tied to the text embedding as the instruct stage's is).
         augment: training-image augmentation (``ImageAugment``).
         mix: group -> share of each step's samples (see GROUPS); groups the data lacks are dropped.
     """
@@ -110,6 +116,7 @@ class Recipe:
     audio_contrast_weight: float = 0.1
     denoise_temperature: float = 0.4
     modality_prob: float = 0.25
+    modality_decoder: str = "mlm"
     augment: ImageAugment = field(default_factory=ImageAugment)
     mix: dict[str, float] = field(default_factory=lambda: {"text": 1.0, "image": 1.0, "image_text": 1.0})
 
@@ -126,6 +133,8 @@ class Recipe:
                              f"{sorted(MODEL_MODALITY.values())}")
         if not 0.0 <= self.modality_prob <= 1.0:
             raise ValueError(f"modality_prob: a probability in [0, 1], got {self.modality_prob}")
+        if self.modality_decoder not in MODALITY_DECODERS:
+            raise ValueError(f"modality_decoder: one of {MODALITY_DECODERS}, got {self.modality_decoder!r}")
         if not any(w > 0 for w in self.weights.values()):
             raise ValueError("a recipe needs at least one objective with a positive weight")
 

@@ -3,8 +3,10 @@
 Streams are the sample groups of ``tasks.GROUPS`` (text, image, audio, image_text, audio_text,
 image_audio, triplet); each step takes ``stream_batch_sizes()[group]`` rows of each group on every worker,
 in the recipe's mix proportions (groups the shards lack, or have too few rows for, are dropped and
-reported). Validation runs every val group whole on every rank: MLM / MIM accuracy and retrieval R@1/R@5
-both ways for image-text, audio-text and image-audio over every val sample holding both modalities.
+reported). Validation runs every val group whole on every rank: MLM / MIM accuracy, retrieval R@1/R@5
+both ways for image-text, audio-text and image-audio over every val sample holding both modalities, and
+with the recipe's matching task the matching accuracy (``match_acc``: pairs and their hard negatives,
+binary; ``triplet_match_acc``: OPT's five match states of triplets).
 
 With the recipe's ``augment`` on, training images are augmented in ``collate_train`` (Ray Data's prefetch
 threads of each worker), each sample from (seed, epoch, rank, sample id); with visual tokens as the MIM
@@ -27,6 +29,8 @@ _TOKENIZER_LOCK = threading.Lock()  # the prefetch threads of several streams ma
 MODEL_FILE, HEADS_FILE, PRETRAIN_FILE = "model.safetensors", "heads.safetensors", "pretrain.json"
 _COLUMNS = {"text": ["text_ids"], "image": ["pixels", "image_tokens"], "audio": ["fbank", "fbank_frames"]}
 _PAIRS = (("image", "text"), ("audio", "text"), ("image", "audio"))
+# validation accuracies `<kind>_acc` from the `<kind>_correct` / `<kind>_count` of `PretrainModel.evaluate`
+_ACCURACIES = ("mlm", "mim", "match", "triplet_match")
 DEFAULT_CODEBOOK = 8192  # MIM head width when nothing names a codebook (BEiT v2's tokenizer)
 
 
@@ -348,9 +352,10 @@ class PretrainTask(TrainTask):
             for i, t in enumerate(it):
                 t = self._to(self.collator.add_masks(group, t, self._generator(-1, i)), device, dtype)
                 out = module.evaluate(group, t)
-                for k in ("mlm_correct", "mlm_count", "mim_correct", "mim_count"):
-                    if k in out:
-                        counts[k] += float(out[k])
+                for kind in _ACCURACIES:
+                    for k in (f"{kind}_correct", f"{kind}_count"):
+                        if k in out:
+                            counts[k] += float(out[k])
                 for pair in _PAIRS:
                     if all(m in mods for m in pair):
                         for m in pair:
@@ -359,7 +364,7 @@ class PretrainTask(TrainTask):
                             ids, pad = t["text_ids"].cpu(), t["text_padding_mask"].cpu()
                             text_keys[pair] += [tuple(row[~padded].tolist()) for row, padded in zip(ids, pad)]
         metrics: dict[str, float] = {}
-        for kind in ("mlm", "mim"):
+        for kind in _ACCURACIES:
             if counts[f"{kind}_count"]:
                 metrics[f"{kind}_acc"] = counts[f"{kind}_correct"] / counts[f"{kind}_count"]
         for pair, per_mod in emb.items():

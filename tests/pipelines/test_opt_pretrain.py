@@ -1,6 +1,6 @@
 """The `opt` recipe (MLM, MIM, masked audio, OPT's modality level, matching) through the pretrain stage on a
 real embedded Ray, 2 workers, DeepSpeed ZeRO-2, MLflow sqlite; with augmented images whose visual-token
-targets the workers compute with the visual-tokenizer input."""
+targets the workers compute with the visual-tokenizer input; validation reports the matching accuracies."""
 
 from __future__ import annotations
 
@@ -50,3 +50,7 @@ def test_opt_recipe_two_workers_zero2_with_augmentation_loss_goes_down(tmp_path)
         assert k in keys, k
     for k in ("modality", "match", "mim"):  # every new part finite at every step
         assert all(math.isfinite(v) for v in losses(uri, run_id, k).values()), k
+    # validation (at the end): the matching heads on the val pairs with their hard negatives, and on the
+    # val triplets in the five match states
+    for k in ("val/match_acc", "val/triplet_match_acc"):
+        assert k in keys and 0.0 <= m["metrics"][k] <= 1.0, (k, m["metrics"].get(k))

@@ -119,3 +119,79 @@ def test_triplet_states_say_which_modality_came_from_where():
     labels = triplet_labels(state, src, texts)
     # row 3: its image and audio come from row 1, whose text is row 3's own: not a mismatch after all
     assert labels.tolist() == [0, 1, 2, IGNORE, 4]
+
+
+# -- the causal decoder of the modality level (prefix-LM, LM head) ----------------------------------------
+def causal_recipe(**overrides):
+    return get_recipe("opt", modality_decoder="causal", **overrides)
+
+
+def test_causal_decoder_predicts_every_token_after_bos_and_rejects_unknown_decoders():
+    b = batch_for(causal_recipe(modality_prob=1.0), ["image_text"])["image_text"]
+    ids, pad = b["text_ids"], b["text_padding_mask"]
+    assert torch.equal(b["modality_mask"], ~pad & (ids != 2))  # eos (3) is generated too
+    with pytest.raises(ValueError, match="modality_decoder"):
+        get_recipe("opt", modality_decoder="beam")
+
+
+def test_causal_modality_level_trains_the_lm_head_and_the_text_path_only():
+    model = model_for(causal_recipe())
+    assert model.lm._tied[0] is model.backbone.text_embedding  # the LM head's output matrix is the embedding
+    assert [m for m, _ in model.external_parameters()] == [model.mlm.head, model.lm.head]
+    b = batch_for(causal_recipe(), ["image_text", "triplet"])
+    out = model(b)  # routed in the mixed batch beside the other objectives
+    assert {"modality/image_text", "modality/triplet", "mlm", "mim", "match"} <= set(out)
+    assert math.isfinite(out["loss"].item())
+    model.zero_grad(set_to_none=True)
+    r = model.group_losses("image_text", b["image_text"])["modality"]
+    assert math.isfinite(r["loss"].item()) and r["loss"] > 0 and r["count"] > 0
+    r["loss"].backward()
+    assert has_grad(model, "lm.head") and has_grad(model, "backbone.adapters.text")
+    assert has_grad(model, "backbone.adapters.vision")
+    assert model.backbone.text_embedding.weight.grad.abs().sum() > 0  # input embedding and tied output matrix
+    for head in ("mlm.", "mim.", "match.", "triplet_match."):  # the other heads: not this loss's
+        assert not has_grad(model, head), head
+    no_match = model_for(causal_recipe(weights={"mlm": 1.0, "modality": 1.0}))
+    assert not any(n.startswith(("match.", "triplet_match.")) for n, _ in no_match.named_parameters())
+    only = model_for(causal_recipe(weights={"modality": 1.0}))  # no MLM objective, no MLM decoder: no MLM head
+    assert not hasattr(only, "mlm") and hasattr(only, "lm")
+
+
+def test_causal_modality_level_text_positions_cannot_see_later_text():
+    torch.manual_seed(0)
+    recipe = causal_recipe(weights={"modality": 1.0}, modality_prob=1.0)
+    model = model_for(recipe).eval()
+    b = batch_for(recipe, ["image_text"])["image_text"]
+    j = 3  # tokens 1, 2 (predicted from positions 0, 1) are scored; tokens from index j on are changed
+    b["modality_mask"][:, j:] = False
+    later = ~b["text_padding_mask"] & (torch.arange(b["text_ids"].shape[1]) >= j)
+    changed = dict(b, text_ids=torch.where(later, 100 + (b["text_ids"] * 7) % 50, b["text_ids"]))
+    assert not torch.equal(changed["text_ids"], b["text_ids"])
+    with torch.no_grad():
+        before = model.group_losses("image_text", b)["modality"]["loss"]
+        after = model.group_losses("image_text", changed)["modality"]["loss"]
+        assert torch.allclose(before, after, atol=1e-6), (before, after)
+        # without the prefix-LM mask the same change does reach the earlier positions: the check can fail
+        x = {k: b[k] for k in ("text_ids", "text_padding_mask", "pixels")}
+        plain = model.backbone(x).tokens["text"][:, :j]
+        plain_changed = model.backbone(dict(x, text_ids=changed["text_ids"])).tokens["text"][:, :j]
+        assert not torch.allclose(plain, plain_changed, atol=1e-4)
+    # and a change inside the scored tokens changes the loss
+    inside = dict(b, text_ids=b["text_ids"].clone())
+    inside["text_ids"][:, 2] = 101
+    with torch.no_grad():
+        assert not torch.allclose(model.group_losses("image_text", inside)["modality"]["loss"], before)
+
+
+def test_validation_reports_matching_accuracy_of_pairs_and_triplets():
+    r = get_recipe("opt")
+    model = model_for(r).eval()
+    b = batch_for(r, ["image_text", "triplet"], n=6)
+    pair = model.evaluate("image_text", b["image_text"])
+    assert pair["match_count"] == 18  # 6 positives + 2 x 6 hard negatives
+    assert 0 <= float(pair["match_correct"]) <= 18
+    trip = model.evaluate("triplet", b["triplet"])
+    assert 0 < trip["triplet_match_count"] <= 6 and 0 <= float(trip["triplet_match_correct"]) <= 6
+    assert "match_count" not in trip and "triplet_match_count" not in pair
+    beit3 = model_for(get_recipe("beit3")).eval()
+    assert not any(k.startswith(("match", "triplet")) for k in beit3.evaluate("image_text", b["image_text"]))
