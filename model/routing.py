@@ -75,10 +75,13 @@ class Experts(nn.ModuleDict):
 
 
 def _writes_in_place(experts: list[nn.Module], x: torch.Tensor) -> bool:
-    """Inference on plain fp32/bf16 weights (no autograd, no autocast): the experts are linear layers that
-    can write their segments straight into one output (``_linears_into_one``)."""
+    """Inference on plain weights (no autograd, no autocast): the experts are linear layers that can write
+    their segments straight into one output (``_linears_into_one``). Not for a module with forward hooks:
+    a hook may change what its forward reads (ZeRO-3 gathers each partitioned weight, held 1-D and empty
+    between calls, in a pre-forward hook)."""
     return (not torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type)
-            and all(type(e) in _PLAIN_LINEARS and e.weight.dtype == x.dtype for e in experts))
+            and all(type(e) in _PLAIN_LINEARS and e.weight.dim() == 2 and e.weight.dtype == x.dtype
+                    and not (e._forward_pre_hooks or e._forward_hooks) for e in experts))
 
 
 def _linears_into_one(experts: list[nn.Module], parts: tuple[torch.Tensor, ...], x: torch.Tensor) -> torch.Tensor:
