@@ -9,8 +9,9 @@ this process starts, as `omniway run` does) with 1 worker and with `--workers` w
 each run, around `execute_stage` only:
 
   wall          seconds; samples/s = samples read / wall
-  driver CPU    this process's user + system CPU-seconds (getrusage): the stage process, Ray Data's
-                driver-side executor threads included; Ray's workers, raylet and GCS are other
+  driver CPU    this process's user + system CPU-seconds (getrusage): the stage process, Ray's
+                driver-side threads (and Ray Data's executor, where a pass uses it) included, the
+                RSS sampler's own thread left out; Ray's workers, raylet and GCS are other
                 processes and are not counted. Printed per 10,000 samples.
   peak RSS      this process's resident set, sampled every 20 ms during the run (psutil).
 
@@ -46,12 +47,14 @@ class PeakRSS:
         import psutil
 
         self.proc, self.every_s, self.peak = psutil.Process(), every_s, 0
+        self.cpu_s = 0.0  # the sampler thread's own CPU, not the stage's
         self._stop = threading.Event()
 
     def _sample(self):
         while not self._stop.is_set():
             self.peak = max(self.peak, self.proc.memory_info().rss)
             self._stop.wait(self.every_s)
+        self.cpu_s = time.thread_time()
 
     def __enter__(self):
         self.peak = self.proc.memory_info().rss
@@ -80,7 +83,7 @@ def run_once(corpus: str, store: str, workers: int, key: str) -> dict:
     with PeakRSS() as rss:
         res = execute_stage(pipeline="bench", stage="corpus", kind="corpus", key=key, config=cfg,
                             config_dict={}, inputs={}, storage=Storage(store))
-    wall, cpu = time.perf_counter() - t0, cpu_s() - cpu0
+    wall, cpu = time.perf_counter() - t0, cpu_s() - cpu0 - rss.cpu_s
     read = res["extra"]["counts"]["read"]
     return {"read": read, "wall": wall, "cpu": cpu, "rss": rss.peak,
             "dups": res["extra"]["counts"]["duplicates"], "cpu_per_10k": cpu / read * 10_000}
@@ -104,10 +107,12 @@ def main() -> None:
     root = tempfile.mkdtemp(prefix="bench-corpus-")
     worst, rss_of, speedups = 0.0, {}, []
     try:
-        warm = os.path.join(root, "warm")  # first use of Ray Data in the workers: imports, untimed
+        warm = os.path.join(root, "warm")  # first use in this process and in the workers: imports
         write_webdataset_corpus(warm, 2000, seed=1)
         for w in sorted({1, args.workers}):
-            run_once(warm, os.path.join(root, "store"), w, f"warm{w}")
+            r = run_once(warm, os.path.join(root, "store"), w, f"warm{w}")
+            print(f"warm-up, 2000 samples, {w} worker(s) (not in the targets; the first run imports): "
+                  f"driver CPU {r['cpu']:.2f} s, {r['wall']:.1f} s", flush=True)
         for size in args.sizes:
             corpus = os.path.join(root, f"c{size}")
             t0 = time.perf_counter()

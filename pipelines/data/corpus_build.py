@@ -1,4 +1,4 @@
-"""The corpus stage process's side: plan the units, run the three Ray passes, keep per-unit / per-part counts.
+"""The corpus stage process's side: plan the units, run the three passes of Ray tasks, keep per-unit counts.
 
     sources.plan -> units (plan order)
       -> ingest pass (`ingest`): tasks decode, validate, hash; rows into staging files   -> a summary per unit
@@ -33,7 +33,6 @@ def cutoffs_of(cfg, units: list[dict], summaries: dict[int, dict]) -> list[int]:
 
 def within_limit(staging, summary: dict, cutoff: int) -> dict[str, int]:
     """Rows of each staged table of one unit among its first `cutoff` records."""
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     tables = ("train", "val", "rejects")
@@ -43,8 +42,8 @@ def within_limit(staging, summary: dict, cutoff: int) -> dict[str, int]:
     for t in tables:
         if cutoff and summary[t]:
             with staging.open_input(unit_file(t, summary["unit"])) as f:
-                idx = pq.read_table(f, columns=["idx"]).column("idx")
-            out[t] = pc.sum(pc.less(idx, cutoff)).as_py() or 0
+                idx = pq.ParquetFile(f).read(columns=["idx"]).column("idx").to_numpy()
+            out[t] = int((idx < cutoff).sum())
     return out
 
 
@@ -90,7 +89,9 @@ def grid_samples(parts: list[dict], out_dir: str, n: int) -> list[dict]:
         by_path.setdefault(path, []).append(row)
     rows = {}
     for path, wanted in by_path.items():
-        table = pq.read_table(os.path.join(out_dir, path), columns=["sample_id", "text", "image"])
+        # ParquetFile, not read_table: one known file needs no dataset layer (whose first import, pandas
+        # included, costs the stage process more than the read)
+        table = pq.ParquetFile(os.path.join(out_dir, path)).read(columns=["sample_id", "text", "image"])
         for r in wanted:
             rows[(path, r)] = table.slice(r, 1).to_pylist()[0]
     return [rows[(path, r)] for _, _, path, r in cands]

@@ -110,20 +110,20 @@ def find_duplicates(staging, summaries: dict[int, dict], cutoffs: list[int], wor
     """
     from pipelines.data import schema
     from pipelines.data.corpus_staging import unit_file
-    from pipelines.data.raycompat import ensure_ray
+    from pipelines.data.raycompat import ensure_ray, ensure_ray_core, pool_task
 
     paths = [staging.full(unit_file(split, u)) for u in sorted(summaries) for split in schema.SPLITS
              if summaries[u][split] and cutoffs[u] > 0]
     if not paths:
         return {}
-    ray = ensure_ray()
+    ray = ensure_ray_core()
     records = sum(summaries[u]["train"] + summaries[u]["val"] for u in summaries)
     parts = partitions_for(records, workers)
     out: dict[int, dict] = {}
     if parts == 1:
-        blocks = [ray.get(ray.remote(num_cpus=1)(_one_partition).remote(staging, paths, cutoffs))]
+        blocks = [ray.get(pool_task(ray, _one_partition).remote(staging, paths, cutoffs))]
     else:
-        blocks = _shuffled(ray, staging, paths, cutoffs, parts, workers,
+        blocks = _shuffled(ensure_ray(), staging, paths, cutoffs, parts, workers,
                            any(cutoffs[u] < summaries[u]["records"] for u in summaries))
     for block in blocks:
         for row in block.to_pylist():
@@ -147,7 +147,12 @@ def _one_partition(staging, paths: list[str], cutoffs: list[int]):
 
 def _shuffled(ray, staging, paths: list[str], cutoffs: list[int], parts: int, workers: int,
               limited: bool):
-    """The dedup as two hash-partitioned Ray Data passes; yields the per-unit count blocks."""
+    """The dedup as two hash-partitioned Ray Data passes; yields the per-unit count blocks.
+
+    Ray Data here, where the other passes are plain tasks: an all-to-all exchange (every copy of a
+    content into one block, from any input file) is what its keyed `repartition` does, with blocks of
+    bounded size that spill to disk. Its executor's scheduling loop in this process is the price,
+    paid only by corpora whose records need more than one partition."""
     ds = ray.data.read_parquet(paths, filesystem=staging.filesystem(),
                                override_num_blocks=min(len(paths), max(workers, parts) * 4))
     ds = ds.select_columns(_COLUMNS)  # pushed into the read: the media columns are never read

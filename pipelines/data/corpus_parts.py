@@ -13,10 +13,8 @@ counts by modality and reject reason, the part's first images for the sample gri
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
-from typing import Iterator
 
 from pipelines.data import schema
 from pipelines.data.corpus_staging import TABLES, unit_file
@@ -101,14 +99,15 @@ def _stats(table, name: str, plot_samples: int) -> dict:
             "combinations": dict(Counter("+".join(ms) for ms in mods)), "images": images}
 
 
-def write_parts(batch, *, staging, cutoffs: list[int], dedup: bool, plot_samples: int,
-                out=None) -> Iterator:
-    """Ray Data task: a batch of tasks (JSON lists of part specs) -> one row per part: `part`, the
-    pickled summary {table, index, path, rows, sha256, stats, node}, and `file`, the encoded Parquet
-    file, or null when this task wrote it into the output directory (it runs on `out`'s node).
+def write_parts(specs: list[dict], staging, cutoffs: list[int], dedup: bool, plot_samples: int,
+                out=None) -> list[tuple]:
+    """Ray task: some part specs -> per part (summary, file): the summary {table, index, path, rows,
+    sha256, stats, node}, and the encoded Parquet file (a pyarrow Buffer, which Ray moves without a copy
+    into a `bytes`), or None when this task wrote it into the output directory (it runs on `out`'s node).
+    A retried task (its worker died) rewrites its parts whole (`writer.write_part_file`).
 
     Args:
-        batch: pyarrow table with a `parts` column (JSON list of `plan_parts` specs).
+        specs: `plan_parts` specs, in plan order.
         staging: the stage's `corpus_staging.Staging`.
         cutoffs: per unit, how many of its records are within the source's limit.
         dedup: the config's `dedup`.
@@ -116,48 +115,35 @@ def write_parts(batch, *, staging, cutoffs: list[int], dedup: bool, plot_samples
         out: (the stage process's node id, the output directory), or None (send every file back).
     """
     import hashlib
-    import pickle
 
     import pyarrow as pa
     import ray
 
-    from pipelines.data.shards_task import binary_cell
     from pipelines.data.writer import encode_parquet, write_part_file
 
     node = ray.get_runtime_context().get_node_id()
     out_dir = out[1] if out is not None and out[0] == node else None
-    for task_json in batch.column("parts").to_pylist():
-        for spec in json.loads(task_json):
-            name = spec["table"]
-            table = pa.concat_tables([_read_kept(staging, name, s["unit"], s["start"], s["stop"],
-                                                 cutoffs[s["unit"]], dedup) for s in spec["slices"]])
-            stats = _stats(table, name, plot_samples)
-            sch = output_schema(name)
-            table = table.select(sch.names).cast(sch)
-            file = None
-            if out_dir is not None:
-                sha256 = write_part_file(table, os.path.join(out_dir, spec["path"]))
-            else:
-                file = encode_parquet(table)
-                sha256 = hashlib.sha256(file).hexdigest()
-            res = {"table": name, "index": spec["index"], "path": spec["path"], "rows": table.num_rows,
-                   "sha256": sha256, "stats": stats, "node": node}
-            yield pa.table([binary_cell(file),
-                            binary_cell(pickle.dumps(res, protocol=pickle.HIGHEST_PROTOCOL))],
-                           schema=task_output_schema())
+    results = []
+    for spec in specs:
+        name = spec["table"]
+        table = pa.concat_tables([_read_kept(staging, name, s["unit"], s["start"], s["stop"],
+                                             cutoffs[s["unit"]], dedup) for s in spec["slices"]])
+        stats = _stats(table, name, plot_samples)
+        sch = output_schema(name)
+        table = table.select(sch.names).cast(sch)
+        file = None
+        if out_dir is not None:
+            sha256 = write_part_file(table, os.path.join(out_dir, spec["path"]))
+        else:
+            file = encode_parquet(table)
+            sha256 = hashlib.sha256(file).hexdigest()
+        results.append(({"table": name, "index": spec["index"], "path": spec["path"], "rows": table.num_rows,
+                         "sha256": sha256, "stats": stats, "node": node}, file))
+    return results
 
 
-def task_output_schema():
-    """A `write_parts` row: `file` (the encoded part, null when the task wrote it) in a column of its
-    own, so its bytes go from the Parquet writer's buffer to the stage process's file without a copy
-    (see `shards_task.task_output_schema`), and `part`, the pickled summary."""
-    import pyarrow as pa
-
-    return pa.schema([("file", pa.large_binary()), ("part", pa.large_binary())])
-
-
-# Rows of part files per task, at least: a Ray Data task costs tens of ms to hand out (seconds on a
-# loaded machine); a task of a few thousand photos costs seconds of work.
+# Rows of part files per task, at least: a task costs milliseconds to hand out (more on a loaded
+# machine); a task of a few thousand photos costs seconds of work.
 ROWS_PER_TASK = 4096
 
 
@@ -180,46 +166,37 @@ def run_parts(parts: list[dict], staging, cutoffs: list[int], cfg, out_dir: str,
     """Write every planned part under out_dir (a directory on this node); returns the summaries sorted
     by (table, index). Tasks on this node write their parts themselves (with `local_writes`); the
     files of tasks elsewhere come back and are written here. `set_rows(path, rows, sha256)` records
-    each file for the manifest."""
+    each file for the manifest. The tasks are plain Ray tasks, `cfg.num_workers` at a time (see
+    `raycompat.bounded_tasks`)."""
     import glob
-    import pickle
 
-    from pipelines.data.raycompat import ensure_ray, no_ramp_up, task_pool
+    from pipelines.data.raycompat import bounded_tasks, ensure_ray_core, pool_task
     from pipelines.data.shards_task import node_id
 
     if not parts:
         return []
     out_dir = os.path.abspath(out_dir)  # the tasks' working directory is not this one
-    ray = ensure_ray()
-    tasks = group_tasks(parts, cfg.num_workers)
-    items = [{"parts": json.dumps(t)} for t in tasks]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(write_parts, batch_size=1, batch_format="pyarrow", num_cpus=1,
-                        fn_kwargs={"staging": staging, "cutoffs": cutoffs, "dedup": cfg.dedup,
-                                   "plot_samples": cfg.plot_samples,
-                                   "out": (node_id(), out_dir) if local_writes else None},
-                        compute=task_pool(ray, cfg.num_workers, len(items)))
-    ds = no_ramp_up(ds)
-    ds.context.execution_options.preserve_order = False  # every part names itself
+    ray = ensure_ray_core()
+    task = pool_task(ray, write_parts)
+    shared = (ray.put(staging), ray.put(cutoffs), cfg.dedup, cfg.plot_samples,
+              (node_id(), out_dir) if local_writes else None)
+    calls = [(t, *shared) for t in group_tasks(parts, cfg.num_workers)]
     planned = {(p["table"], p["index"]): p["rows"] for p in parts}
-    done, seen = [], set()
-    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for file, part in zip(block.column("file"), block.column("part")):
-            res = pickle.loads(part.as_buffer())
-            if (res["table"], res["index"]) in seen:  # a retried task reports again what it rewrote
-                continue
-            seen.add((res["table"], res["index"]))
+    done = []
+    for _, results in bounded_tasks(ray, task, calls, cfg.num_workers):
+        for res, file in results:
             if res["rows"] != planned[(res["table"], res["index"])]:
                 raise RuntimeError(f"corpus: part {res['path']} has {res['rows']} rows, planned "
                                    f"{planned[(res['table'], res['index'])]}")
-            if file.is_valid:  # written by a task on another node: its bytes came back
+            if file is not None:  # written by a task on another node: its bytes came back
                 os.makedirs(os.path.join(out_dir, res["table"]), exist_ok=True)
                 with open(os.path.join(out_dir, res["path"]), "wb") as f:
-                    f.write(file.as_buffer())
-            res["written_by_task"] = not file.is_valid
+                    f.write(file)
+            res["written_by_task"] = file is None
             if set_rows:
                 set_rows(res["path"], res["rows"], res["sha256"])
             done.append(res)
+        del results  # a task's returned files are freed before the next task's arrive
     # A worker killed between writing a part's temporary file and renaming it leaves that file
     # behind (its retry writes another): not part of the output.
     for stray in glob.glob(os.path.join(glob.escape(out_dir), "*", "*.parquet.tmp-*")):

@@ -1,9 +1,9 @@
 """The corpus stage's first pass: work units -> decoded, validated rows in staging files, and a summary.
 
-One `ingest_units` Ray task per work unit (a file or a group of files, see `sources.plan`) reads and
+One `ingest_unit` Ray task per work unit (a file or a group of files, see `sources.plan`) reads and
 normalises its records and writes them, as they come, into the unit's staging files (see
 `corpus_staging`): accepted rows by split, rejects apart, each with `idx`, the record's position in
-the unit. What it returns is one summary row per unit (how many records, rows per table, the node):
+the unit. What it returns is one summary per unit (how many records, rows per table, the node):
 no sample crosses to the stage process. `split_of` is the deterministic train / val split.
 """
 
@@ -52,13 +52,6 @@ def staged_schema(table: str):
     return pa.schema(list(base) + [pa.field("unit", pa.int32()), pa.field("idx", pa.int32())])
 
 
-def summary_schema():
-    import pyarrow as pa
-
-    return pa.schema([("unit", pa.int32()), ("records", pa.int64()), ("train", pa.int64()),
-                      ("val", pa.int64()), ("rejects", pa.int64()), ("node", pa.string())])
-
-
 class _UnitFiles:
     """The staging files of one unit, each opened on its first row and filled in row groups."""
 
@@ -97,16 +90,15 @@ class _UnitFiles:
             self.staging.commit_writer(writer, handle)
 
 
-def ingest_units(batch, *, cfg, staging) -> Iterator:
-    """Ray Data task: work units in (each with `order`, its position in the plan), one summary row per
-    unit out (`summary_schema`); the rows themselves go to the unit's staging files.
+def ingest_unit(unit: dict, cfg, staging) -> dict:
+    """Ray task: one work unit in (with `order`, its position in the plan), its summary out ({unit, records,
+    train, val, rejects, node}: rows per staged table); the rows themselves go to the unit's staging files.
 
-    A task, not an actor: Ray keeps task worker processes between datasets, so the next Ray Data stage
-    (shards, the visual tokenizer's image decoding) finds workers that have already imported Ray Data
-    and the decoders. A retried task (its worker died) rewrites its unit's files whole.
+    A retried task (its worker died) rewrites its unit's files whole: each staged file appears under its
+    name only once complete (`Staging.parquet_writer`).
 
     Args:
-        batch: pyarrow table of work units (see `sources.plan`).
+        unit: a work unit (see `sources.plan`) with its `order`.
         cfg: the corpus config.
         staging: the stage's `corpus_staging.Staging`.
     """
@@ -118,48 +110,41 @@ def ingest_units(batch, *, cfg, staging) -> Iterator:
     from pipelines.data import schema
 
     node = ray.get_runtime_context().get_node_id()
-    by_name = {s.name: s for s in cfg.sources}
+    src = next(s for s in cfg.sources if s.name == unit["source"])
     corpus_cols = schema.corpus_schema().names
     reject_cols = schema.rejects_schema().names
-    for unit in batch.to_pylist():
-        order = unit["order"]
-        files = _UnitFiles(staging, order)
-        records = 0
-        for table in unit_results(by_name[unit["source"]], unit, cfg):
-            n = table.num_rows
-            table = table.append_column("unit", pa.array(np.full(n, order, np.int32))).append_column(
-                "idx", pa.array(np.arange(records, records + n, dtype=np.int32)))
-            records += n
-            bad = pc.not_equal(table.column("reason"), "")
-            files.add("rejects", table.filter(bad).select(reject_cols + ["unit", "idx"]))
-            ok = table.filter(pc.invert(bad))
-            split = pa.array([split_of(s, cfg.val_fraction) for s in ok.column("sample_id").to_pylist()],
-                             pa.string())
-            ok = ok.append_column("split", split).select(corpus_cols + ["unit", "idx"])
-            for name in schema.SPLITS:
-                files.add(name, ok.filter(pc.equal(ok.column("split"), name)))
-        files.close()
-        yield pa.table([[order], [records], [files.rows["train"]], [files.rows["val"]],
-                        [files.rows["rejects"]], [node]], schema=summary_schema())
+    order = unit["order"]
+    files = _UnitFiles(staging, order)
+    records = 0
+    for table in unit_results(src, unit, cfg):
+        n = table.num_rows
+        table = table.append_column("unit", pa.array(np.full(n, order, np.int32))).append_column(
+            "idx", pa.array(np.arange(records, records + n, dtype=np.int32)))
+        records += n
+        bad = pc.not_equal(table.column("reason"), "")
+        files.add("rejects", table.filter(bad).select(reject_cols + ["unit", "idx"]))
+        ok = table.filter(pc.invert(bad))
+        split = pa.array([split_of(s, cfg.val_fraction) for s in ok.column("sample_id").to_pylist()],
+                         pa.string())
+        ok = ok.append_column("split", split).select(corpus_cols + ["unit", "idx"])
+        for name in schema.SPLITS:
+            files.add(name, ok.filter(pc.equal(ok.column("split"), name)))
+    files.close()
+    return {"unit": order, "records": records, "train": files.rows["train"], "val": files.rows["val"],
+            "rejects": files.rows["rejects"], "node": node}
 
 
 def run_ingest(cfg, units: list[dict], staging) -> dict[int, dict]:
-    """Run `ingest_units` over every unit; returns unit order -> its summary row (as a dict)."""
-    from pipelines.data.raycompat import ensure_ray, no_ramp_up, task_pool
+    """Run `ingest_unit` over every unit, `cfg.num_workers` at a time (plain Ray tasks: see
+    `raycompat.bounded_tasks`); returns unit order -> its summary."""
+    from pipelines.data.raycompat import bounded_tasks, ensure_ray_core, pool_task
 
-    ray = ensure_ray()
-    # One unit per block, so the tasks share the units out one at a time.
-    ds = ray.data.from_items(units, override_num_blocks=len(units))
-    ds = ds.map_batches(ingest_units, fn_kwargs={"cfg": cfg, "staging": staging}, batch_size=1,
-                        batch_format="pyarrow", num_cpus=1,
-                        compute=task_pool(ray, cfg.num_workers, len(units)))
-    ds = no_ramp_up(ds)
+    ray = ensure_ray_core()
+    task = pool_task(ray, ingest_unit)
+    cfg_ref, staging_ref = ray.put(cfg), ray.put(staging)
     # every summary names its unit: a finished task need not wait behind a longer earlier one
-    ds.context.execution_options.preserve_order = False
-    out: dict[int, dict] = {}
-    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for row in block.to_pylist():
-            out[row["unit"]] = row
+    out = {s["unit"]: s for _, s in bounded_tasks(ray, task, [(u, cfg_ref, staging_ref) for u in units],
+                                                  cfg.num_workers)}
     if len(out) != len(units):
         raise RuntimeError(f"corpus: {len(units) - len(out)} work units returned no summary")
     return out

@@ -63,10 +63,17 @@ def wait_for_free_cpu(ray, who: str, poll_s: float = 0.5) -> float:
 
 def task_pool(ray, workers: int, units: int):
     """The `compute` strategy of a task map for `workers` parallel workers: a task pool that
-    keeps this many tasks submitted at once.
+    keeps `pool_size` tasks submitted at once."""
+    return ray.data.TaskPoolStrategy(size=pool_size(ray, workers, units))
 
-    Ray Data hands out a new task on its next scheduling step after one ends (up to 0.1 s
-    later, more on a busy driver), and meanwhile the worker idles: with a few dozen tasks per
+
+def pool_size(ray, workers: int, units: int) -> int:
+    """How many of `units` tasks to keep submitted at once for `workers` parallel workers (a Ray Data
+    `task_pool`, or `bounded_tasks`).
+
+    A task handed out only once another ends reaches its worker late (Ray Data: on its next
+    scheduling step, up to 0.1 s later, more on a busy driver; `bounded_tasks`: once the stage
+    process has heard of the end), and meanwhile the worker idles: with a few dozen tasks per
     worker that is ~10% of a run on 2 CPUs. When the cluster has no more CPUs than `workers`
     and cannot grow (the embedded Ray of `omniway run`, marked by FIXED_SIZE_ENV), every task
     is submitted at once: the ones beyond `workers` can only wait in Ray's queue (first in,
@@ -79,11 +86,11 @@ def task_pool(ray, workers: int, units: int):
     workers = max(1, min(workers, units))
     if ray.cluster_resources().get("CPU", 0) <= workers:
         if os.environ.get(FIXED_SIZE_ENV) == "1":
-            return ray.data.TaskPoolStrategy(size=units)
+            return units
         # The cluster may be an autoscaling one with its nodes not up yet: every queued task
         # would ask the autoscaler for a CPU. One extra per worker bounds that.
-        return ray.data.TaskPoolStrategy(size=min(units, 2 * workers))
-    return ray.data.TaskPoolStrategy(size=workers)
+        return min(units, 2 * workers)
+    return workers
 
 
 def actor_pool_fit(ray, workers: int, cpus_per_worker: float) -> tuple[int, float]:
@@ -99,3 +106,72 @@ def actor_pool_fit(ray, workers: int, cpus_per_worker: float) -> tuple[int, floa
         return max(1, workers), cpus_per_worker
     cpus = min(cpus_per_worker, total - 1)
     return max(1, min(workers, int((total - 1) // max(cpus, 1e-9)))), cpus
+
+
+# Retries of a pool task whose worker died (killed, OOM, a lost node): Ray Data's map tasks retry without
+# end; a bound here lets a task that kills its worker every time (a decoder crashing on one file) fail the
+# stage instead of looping. RaySystemError as well, as Ray Data adds it: raised from task code, Ray does not
+# count it as the worker's death.
+POOL_TASK_RETRIES = 5
+
+
+def ensure_ray_core():
+    """`ensure_ray` for a pass of plain Ray tasks (`bounded_tasks`): attaches to the runner's Ray (in-process
+    use gets a local one) without importing Ray Data, which costs the first pass in a process about half
+    a CPU-second. Returns the ray module."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+_POOL_TASKS: dict = {}
+
+
+def pool_task(ray, fn, **options):
+    """`fn` as a Ray task of one CPU for `bounded_tasks`, retried when its worker dies; `options` go to
+    `ray.remote` (e.g. `num_cpus`). The task must leave nothing committed until it returns whole (write
+    under a temporary name, then rename), as a retry redoes it from the start. One remote function per
+    (fn, options) in a process: Ray exports a function's code once, not again on each pass."""
+    key = (fn, tuple(sorted(options.items())))
+    if key not in _POOL_TASKS:
+        opts = {"num_cpus": 1, "max_retries": POOL_TASK_RETRIES,
+                "retry_exceptions": [ray.exceptions.RaySystemError],
+                # not a placement group the caller may run in: the pool's tasks go where CPUs are free
+                "scheduling_strategy": "DEFAULT", **options}
+        _POOL_TASKS[key] = ray.remote(**opts)(fn)
+    return _POOL_TASKS[key]
+
+
+def bounded_tasks(ray, remote, calls: list[tuple], workers: int):
+    """Run ``remote.remote(*args)`` for each ``args`` of ``calls``, submitted in that order with
+    `pool_size` of them in flight; yields ``(position in calls, result)`` as each task ends, in any
+    order. On an error (a task's, or the caller's while it consumes) the tasks still in flight are
+    cancelled.
+
+    For a pass that is only a pool of independent tasks: Ray Data's streaming executor would run its
+    scheduling loop in this process, polling the whole time the tasks run (CPU that grows with the run's
+    length and competes with the tasks on a small machine); ``ray.wait`` on the refs in flight blocks
+    without polling, so this process works once per task. Arguments shared by every call are best
+    ``ray.put`` once and passed as the ref (else each submission serialises them again)."""
+    size = pool_size(ray, workers, len(calls)) if calls else 0
+    pending: dict = {}
+    todo = iter(enumerate(calls))
+
+    def submit() -> None:
+        for i, args in todo:
+            pending[remote.remote(*args)] = i
+            if len(pending) >= size:
+                return
+
+    try:
+        submit()
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                yield pending.pop(ref), ray.get(ref)
+            submit()
+    finally:
+        for ref in pending:
+            ray.cancel(ref)

@@ -1,7 +1,7 @@
 """The raw record every source reader yields, before any decoding.
 
 A reader only finds bytes and says where they came from; decoding and
-validation happen later in the corpus stage's Ray tasks (`ingest.ingest_units` ->
+validation happen later in the corpus stage's Ray tasks (`ingest.ingest_unit` ->
 `normalize.normalize_record`), so readers stay cheap
 and every failure ends in the same rejects table. A reader that already knows
 a record is bad (unsafe tar path, split webdataset sample, missing file) sets

@@ -1,14 +1,15 @@
 """Stage kind `corpus`: named sources -> validated samples + rejects, split into train / val.
 
-Flow (three Ray Data passes; the stage process sees per-unit and per-part summaries, never a sample):
-    work units (stage process: list files / tars)                 from_items, one unit per block
+Flow (`num_workers` Ray tasks at a time; the stage process sees per-unit and per-part summaries only):
+    work units (stage process: list files / tars)
       -> ingest tasks: read bytes, decode, validate, hash, split by sample_id hash; rows into
-         per-unit staging files in storage                        map_batches  (`data.ingest`)
+         per-unit staging files in storage                        Ray tasks  (`data.ingest`)
       -> source limits from the per-unit record counts
       -> dedup: (content_hash, sample_id, unit, idx) records hash-partitioned by content hash,
-         the first copy in plan order wins                        repartition(keys)  (`data.corpus_dedup`)
+         the first copy in plan order wins                        one task, or Ray Data's keyed
+                                                                  repartition  (`data.corpus_dedup`)
       -> part tasks: fixed-rows Parquet files train/, val/, rejects/, duplicates/, written into the
-         output directory by the tasks themselves                 map_batches  (`data.corpus_parts`)
+         output directory by the tasks themselves                 Ray tasks  (`data.corpus_parts`)
 The files are those a one-process loop over the same stream writes, byte for byte, whatever the
 number of workers. Accounting: read = accepted + rejected + duplicates, checked before anything
 commits. The per-sample function is `pipelines.data.normalize.normalize_record`.
