@@ -138,7 +138,7 @@ def main() -> None:
     lo, hi = min(args.sizes), max(args.sizes)
     print(f"\ndriver peak RSS at {hi}: {rss_of[hi] / 2**20:.0f} MiB, at {lo}: {rss_of[lo] / 2**20:.0f} MiB, "
           f"ratio {rss_of[hi] / rss_of[lo]:.3f} (target <= 1.10)")
-    print(f"load average at end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+    print("load average at end: " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     print("target: driver_cpu_s_per_10k <= 0.1 (the one-process loop: about 1.7)")
     print(f"driver_cpu_s_per_10k: {worst:.3f}")
 

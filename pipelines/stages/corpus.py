@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 from pipelines.registry import stage_kind
 from pipelines.typed import ConfigError
