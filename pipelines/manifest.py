@@ -7,7 +7,8 @@ fingerprints...). Downstream stages read their inputs only through it.
 
 The fingerprint hashes the stage key and the files' content hashes, so a
 forced rerun that reproduces the same bytes leaves everything downstream
-cached, while a changed byte invalidates it.
+cached, while a changed byte invalidates it. The metrics a stage could not send
+to MLflow (kept in its output for `omniway sync-metrics`) are not part of it.
 """
 
 from __future__ import annotations
@@ -30,8 +31,15 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
 
 
 def fingerprint_of(key: str, files: list[dict]) -> str:
+    """The stage key and the content hashes of ``files``, but for the metrics the stage logged and MLflow did
+    not take (``metrics_sender.is_unsent_file``): an output built while tracking failed is the same output as
+    a clean rebuild's, and what reads it stays cached. Its manifest still lists them: checks cover them."""
+    from pipelines.train.metrics_sender import is_unsent_file
+
     h = hashlib.sha256(key.encode())
     for entry in sorted(files, key=lambda e: e["path"]):
+        if is_unsent_file(entry["path"]):
+            continue
         h.update(f"\n{entry['path']}\0{entry['sha256']}".encode())
     return h.hexdigest()[:32]
 

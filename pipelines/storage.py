@@ -6,7 +6,7 @@ written. A stage always writes into a local directory. On local storage the
 commit is one `rename` of that directory onto `<key>/`, so a reader sees either
 nothing or the complete output. On a URI (`s3://`, `gs://`, `file://`, ...) the commit
 uploads every file and the manifest last: a directory without a manifest does
-not exist for the runner.
+not exist for the runner. The manifest records the mtimes the filesystem reports for the uploaded files.
 
 A plain local path is served with `os` alone so that planning a fully cached run
 does not pay for importing pyarrow.
@@ -173,9 +173,9 @@ class Storage:
         """
         import shutil
 
-        text = json.dumps(manifest, indent=2, sort_keys=True)
         if not self.local:
-            return self._commit_remote(work_dir, output_dir, text, replace)
+            return self._commit_remote(work_dir, output_dir, manifest, replace)
+        text = json.dumps(manifest, indent=2, sort_keys=True)
         if replace and os.path.exists(f"{output_dir}/{MANIFEST_NAME}"):
             # move the old output aside (same filesystem: an atomic rename), then drop it
             old = os.path.join(os.path.dirname(work_dir), "replaced-" + os.path.basename(work_dir))
@@ -212,7 +212,10 @@ class Storage:
             raise
         return True
 
-    def _commit_remote(self, work_dir: str, output_dir: str, text: str, replace: bool = False) -> bool:
+    def _commit_remote(self, work_dir: str, output_dir: str, manifest: dict, replace: bool = False) -> bool:
+        """Upload ``work_dir`` to ``output_dir``, then the manifest. Each file's ``mtime_ns`` in the manifest
+        becomes the one the filesystem reports for its uploaded copy (not the local file's): what
+        pipelines.integrity compares, so the first check after the commit hashes nothing again."""
         import shutil
 
         if self.read_manifest(output_dir) is not None:
@@ -231,8 +234,12 @@ class Storage:
                 self._fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
                 with open(local, "rb") as src, self._fs.open_output_stream(dest) as out:
                     shutil.copyfileobj(src, out, 1 << 20)
+        for entry in manifest.get("files", []):
+            state = self.file_state(f"{output_dir}/{entry['path']}")
+            if state is not None and state[0] == entry["size"]:  # (another size: the check reports it)
+                entry["mtime_ns"] = state[1]
         with self._fs.open_output_stream(f"{output_dir}/{MANIFEST_NAME}") as out:
-            out.write(text.encode())
+            out.write(json.dumps(manifest, indent=2, sort_keys=True).encode())
         shutil.rmtree(work_dir, ignore_errors=True)
         return True
 

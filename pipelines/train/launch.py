@@ -71,8 +71,10 @@ def fit_stage(ctx, task, train: TrainConfig, *, export_to: str | None = None) ->
 
     wait_for_free_cpu(ray, ctx.stage)  # the task's read jobs start in fit; see wait_for_free_cpu
     storage_path = train_storage_path(ctx)
+    # rank 0 spools its metrics in the stage's scratch: a worker group Ray Train restarts finds there what the
+    # dead rank 0 had not sent
     result = fit(task, train, name=ctx.key, storage_path=storage_path, tracking_uri=ctx.tracking_uri,
-                 run_id=ctx.run_id, fresh=ctx.forced)
+                 run_id=ctx.run_id, fresh=ctx.forced, spool_dir=ctx.scratch_dir())
     dest = export_to or ctx.output_dir
     os.makedirs(dest, exist_ok=True)
     result.files = result.copy_export(dest)
@@ -98,7 +100,7 @@ def discard_run(storage_path: str, name: str) -> bool:
 
 
 def fit(task, train: TrainConfig, *, name: str, storage_path: str, tracking_uri: str | None = None,
-        run_id: str | None = None, fresh: bool = False) -> FitResult:
+        run_id: str | None = None, fresh: bool = False, spool_dir: str | None = None) -> FitResult:
     """Run ``task`` with the one loop.
 
     Args:
@@ -110,6 +112,10 @@ def fit(task, train: TrainConfig, *, name: str, storage_path: str, tracking_uri:
         fresh: delete ``storage_path/name`` first: train from step 0 even if a run (finished or not)
             is there. A forced stage passes ``ctx.forced``; otherwise rerunning a finished run would
             only resume at its last step and return the same weights.
+        spool_dir: where rank 0's metrics sender spools what the tracking server has not taken, for every
+            worker group of this call (a restarted rank 0 goes on with the dead one's lines); default: a
+            temporary directory, removed when the call returns. It is a path of this machine: a rank 0 on
+            another node spools under the same path there.
     Raises:
         ray.train.TrainingFailedError: the run failed more than ``max_failures`` times.
     """
@@ -128,10 +134,15 @@ def fit(task, train: TrainConfig, *, name: str, storage_path: str, tracking_uri:
     resources = {"CPU": train.cpus_per_worker}
     if train.use_gpu:
         resources["GPU"] = 1
+    own_spool = spool_dir is None
+    if own_spool:
+        import tempfile
+
+        spool_dir = tempfile.mkdtemp(prefix="omniway-spool-")
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"task": task, "train": train, "tracking_uri": tracking_uri, "run_id": run_id,
-                           "dataset_names": sorted(datasets)},
+                           "dataset_names": sorted(datasets), "spool_dir": spool_dir},
         scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=name, storage_path=storage_path,
@@ -140,7 +151,11 @@ def fit(task, train: TrainConfig, *, name: str, storage_path: str, tracking_uri:
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=train_names, execution_options=options),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        if own_spool:
+            shutil.rmtree(spool_dir, ignore_errors=True)
     if result.checkpoint is None:
         raise RuntimeError(f"training run {name!r} finished without a checkpoint")
     return FitResult(metrics=dict(result.metrics or {}), checkpoint=result.checkpoint)

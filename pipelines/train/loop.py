@@ -106,7 +106,8 @@ def _export(task, engine, out_dir: str, rank: int) -> None:
 
 def train_loop(config: dict) -> None:
     """Ray Train worker function. ``config``: ``task`` (a ``TrainTask``), ``train`` (``TrainConfig``),
-    ``tracking_uri`` and ``run_id`` (MLflow; rank 0 logs there)."""
+    ``tracking_uri`` and ``run_id`` (MLflow; rank 0 logs there), ``spool_dir`` (where rank 0's metrics
+    sender spools, the same for every worker group of the run)."""
     task, train = config["task"], config["train"]
     if not train.use_gpu:
         # the loop runs on the CPU: tell DeepSpeed so, rather than have it look for a GPU and warn that it
@@ -155,7 +156,10 @@ def train_loop(config: dict) -> None:
                             state["streams"].get(name))
                for name, bs in sizes.items()}
     val_names = [n for n in config.get("dataset_names", []) if n.startswith("val-")]
-    logger = RunLogger(config.get("tracking_uri"), config.get("run_id"), train.steps) if rank == 0 else None
+    # the spool is the stage's (``fit``'s spool_dir): a rank 0 restarted after a death takes over what the
+    # dead one logged and had not sent
+    logger = (RunLogger(config.get("tracking_uri"), config.get("run_id"), train.steps, config.get("spool_dir"))
+              if rank == 0 else None)
     # CPUs without bf16 GEMMs run autocast's matmuls through the fp32 BLAS (model.ops.Linear)
     peak = train.peak_flops_per_worker or _measure_peak_flops(
         device, torch.bfloat16 if bf16 and device.type == "cuda" else torch.float32)

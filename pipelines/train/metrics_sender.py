@@ -11,6 +11,15 @@ answer when it began) nothing is sent and every line is kept. ``close`` gives th
 drain, then writes what is left where the caller says: ``UNSENT_FILE`` (JSON lines) and the files its lines
 name (``unsent_metrics-*``, named relative to it) in the stage output, which `omniway sync-metrics` sends
 later.
+
+The spool outlives its sender: beside it, ``PROGRESS_FILE`` counts the lines that reached the server. A
+sender opened on a spool an earlier one left (training's rank 0 died and Ray Train restarted the worker group
+on the same directory) goes on from there: it sends the lines the dead one had not, with their own steps and
+timestamps, and none it had; a line cut short by the death is dropped. The restarted rank 0 replays the steps
+since its checkpoint: a line for what the spool already holds (a step's metrics, a table or artifact of the
+same name) is not spooled again. A line sent just before a death may be sent a second time (the count is
+written after the server took it); MLflow keeps one copy of a metric logged twice with the same step,
+timestamp and value, and a table or artifact replaces its namesake.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import threading
 import time
 
 UNSENT_FILE = "unsent_metrics.jsonl"
+SPOOL_FILE, PROGRESS_FILE = "spool.jsonl", "spool.sent"  # PROGRESS_FILE: lines of SPOOL_FILE sent
 MEDIA_PREFIX = "unsent_metrics-"  # the files the lines of UNSENT_FILE name, beside it (flat: exports copy files)
 # MLflow's HTTP client waits 120 s per request and retries 7 times by default: the thread retries itself,
 # with these shorter bounds, so a hung server costs seconds, not minutes, per attempt
@@ -91,6 +101,35 @@ def send_line(client, run_id: str, item: dict, base_dir: str | None = None) -> b
     return True
 
 
+def is_unsent_file(rel: str) -> bool:
+    """Is ``rel`` (a path in a stage output) ``UNSENT_FILE`` or a file its lines name?"""
+    return rel == UNSENT_FILE or (rel.startswith(MEDIA_PREFIX) and "/" not in rel)
+
+
+def _identity(item: dict) -> tuple:
+    """What a spooled line is about: a restarted rank 0 logging it again replays it."""
+    if item["kind"] == "metrics":
+        return ("metrics", int(item["step"]))
+    if item["kind"] == "table":
+        return ("table", item["artifact_file"])
+    return ("artifact", item.get("artifact_path"), item.get("name"))
+
+
+def _held_lines(path: str) -> list[dict]:
+    """The complete lines of the spool at ``path`` (none if there is none); a last line cut short (its writer
+    died as it wrote it) is cut off the file."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        return []
+    end = raw.rfind(b"\n") + 1
+    if end < len(raw):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+    return [json.loads(x) for x in raw[:end].decode().splitlines()]
+
+
 def media_of(item: dict) -> list[str]:
     """The files (relative paths) a spooled line names."""
     if item["kind"] == "artifact":
@@ -107,15 +146,20 @@ class MetricsSender:
         tracking_uri: MLflow tracking URI.
         run_id: the MLflow run the lines go to; None: the run is not tracked, every line is kept for
             `omniway sync-metrics`.
-        spool_dir: a local directory for the spool file and the files its lines name.
+        spool_dir: a local directory for the spool file and the files its lines name; one where an earlier
+            sender (a rank 0 that died) spooled is taken over (see the module docs).
     """
 
     def __init__(self, tracking_uri: str | None, run_id: str | None, spool_dir: str):
         os.makedirs(spool_dir, exist_ok=True)
         self.tracking_uri, self.run_id, self.spool_dir = tracking_uri, run_id, spool_dir
-        self.path = os.path.join(spool_dir, "spool.jsonl")
+        self.path = os.path.join(spool_dir, SPOOL_FILE)
+        self._progress = os.path.join(spool_dir, PROGRESS_FILE)
+        held = _held_lines(self.path)  # what an earlier sender on this spool left
+        self._replayed = {_identity(item) for item in held}
         self._out = open(self.path, "a", encoding="utf-8")
-        self._written = self._sent = 0  # lines
+        self._written, self._sent = len(held), min(self._read_progress(), len(held))  # lines
+        self.resumed = len(held)  # lines an earlier sender spooled here
         # wake: a line was appended; retry: close wants the line being retried tried again now; stop: send
         # nothing more
         self._wake, self._stop, self._retry = threading.Event(), threading.Event(), threading.Event()
@@ -126,6 +170,19 @@ class MetricsSender:
         if run_id:
             self._thread = threading.Thread(target=self._run, name="omniway-metrics-sender", daemon=True)
             self._thread.start()
+
+    def _read_progress(self) -> int:
+        try:
+            with open(self._progress, encoding="utf-8") as f:
+                return int(f.read().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def _write_progress(self) -> None:
+        tmp = self._progress + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(str(self._sent))
+        os.replace(tmp, self._progress)  # whole or the previous count: never a torn number
 
     # -- the caller's side: append and return -------------------------------------------------------------
     def _append(self, item: dict) -> None:
@@ -139,12 +196,20 @@ class MetricsSender:
         with self._lock:  # numbered by the line that names it: unique within the spool and the output
             return f"{MEDIA_PREFIX}{self._written}-{name}"
 
+    def _spooled(self, identity: tuple) -> bool:
+        """An earlier sender on this spool holds a line about the same (a replayed step): do not add one."""
+        return identity in self._replayed
+
     def metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self._spooled(("metrics", int(step))):
+            return
         self._append({"kind": "metrics", "metrics": metrics, "step": int(step),
                       "timestamp_ms": int(time.time() * 1000)})
 
     def table(self, columns: dict[str, list], artifact_file: str) -> None:
         """Columns may hold PIL images: they are saved beside the spool and the line names the files."""
+        if self._spooled(("table", artifact_file)):
+            return
         images, cols = [], {}
         for name, values in columns.items():
             if values and all(hasattr(v, "save") and hasattr(v, "resize") for v in values):
@@ -161,7 +226,7 @@ class MetricsSender:
     def artifact(self, path: str, artifact_path: str | None = None) -> None:
         """Attach the file ``path`` (under ``artifact_path`` in the run's artifacts); a file that is not there
         is no error (a plot that could not be drawn)."""
-        if not os.path.isfile(path):
+        if not os.path.isfile(path) or self._spooled(("artifact", artifact_path, os.path.basename(path))):
             return
         rel = self._media_name(os.path.basename(path))
         _link_or_copy(path, os.path.join(self.spool_dir, rel))
@@ -183,6 +248,8 @@ class MetricsSender:
         client = self._client()
         pause = 0.5
         with open(self.path, encoding="utf-8") as f:
+            for _ in range(self._sent):  # sent by an earlier sender on this spool
+                f.readline()
             while True:
                 if self._stop.is_set():  # past close's deadline: what is not sent yet stays unsent
                     return
@@ -209,6 +276,7 @@ class MetricsSender:
                         self._retry.clear()
                         pause = min(2 * pause, 15.0)
                 self._sent += 1
+                self._write_progress()
 
     def close(self, timeout_s: float, unsent_path: str | None = None) -> int:
         """Wait up to ``timeout_s`` for the spool to drain, stop the thread, and write the lines not sent to

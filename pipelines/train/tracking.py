@@ -3,7 +3,6 @@ callbacks; a step never waits on the server), a progress line, and the loss-curv
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 

@@ -97,7 +97,7 @@ def test_a_stage_below_a_damaged_unselected_one_is_refused_with_the_reason(proje
 
 def test_outputs_on_uri_storage_are_checked_through_the_filesystem(project):
     """`file://` storage goes through pyarrow.fs (as s3:// or gs:// would): the same stat, re-hash and rebuild.
-    An upload gives files new mtimes, so the first check hashes them once and records what it saw."""
+    The commit records the mtimes the filesystem gives the uploaded files (test_storage_integrity.py)."""
     body = diamond(project)
     body["storage"] = f"file://{project.root}/remote-store"
     path = project.write(body)
@@ -106,10 +106,43 @@ def test_outputs_on_uri_storage_are_checked_through_the_filesystem(project):
     f = key_dir / "lines.txt"
     assert " cached " in status_of(project, path, "a")
     recorded = json.loads((key_dir / "_manifest.json").read_text())["files"][0]["mtime_ns"]
-    assert recorded == f.stat().st_mtime_ns  # the upload's mtime, recorded at the first check
+    assert recorded == f.stat().st_mtime_ns  # the upload's mtime
     original = f.read_bytes()
     f.write_bytes(original.upper())
     assert " damaged " in status_of(project, path, "a")
     project.clear_log()
     assert project.cli("run", str(path))[0] == 0
     assert project.runs() == ["a"] and f.read_bytes() == original
+
+
+def test_unsent_metrics_leave_the_fingerprint_alone_and_are_still_checked(project):
+    """An output built while the tracking server was down keeps the metrics its stage logged
+    (``UNSENT_FILE``): its fingerprint is a clean rebuild's, so what reads it stays cached; `verify` and
+    `status` still check that file against the manifest."""
+    import socket
+
+    from pipelines.train.metrics_sender import UNSENT_FILE
+
+    with socket.socket() as s:  # bound, never listening, closed: connecting is refused
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    path = project.write(diamond(project))
+    code, out, err = project.cli("run", str(path), "--tracking-uri", dead)
+    assert code == 0, err
+    manifest = lambda stage: json.loads((project.manifest_dirs("diamond", stage)[0] / "_manifest.json").read_text())  # noqa: E731
+    untracked = manifest("a")
+    assert UNSENT_FILE in {f["path"] for f in untracked["files"]}  # test-emit logs a metric
+    project.clear_log()
+    code, out, err = project.cli("run", str(path), "--tracking-uri", project.tracking_uri, "--only", "a", "--force")
+    assert code == 0, err
+    clean = manifest("a")
+    assert UNSENT_FILE not in {f["path"] for f in clean["files"]}  # sent this time
+    assert clean["fingerprint"] == untracked["fingerprint"]
+    code, out, err = project.cli("run", str(path), "--tracking-uri", project.tracking_uri)
+    assert code == 0, err
+    assert project.runs() == ["a"]  # c and d below it stayed cached
+    unsent = project.manifest_dirs("diamond", "b")[0] / UNSENT_FILE  # b still keeps its unsent line
+    unsent.write_bytes(unsent.read_bytes().upper())
+    assert " damaged " in status_of(project, path, "b") and UNSENT_FILE in status_of(project, path, "b")
+    code, out, _ = project.cli("verify", str(path), "--stage", "b", "--workdir", str(project.workdir))
+    assert code == 1 and f"{UNSENT_FILE} (sha256 differs" in out, out

@@ -45,6 +45,20 @@ def registered_checkpoint_step(run_dir: str) -> int | None:
     return latest["metrics"].get("step") if latest else None
 
 
+def gate_pids(gate, ranks: int = 2):
+    """A function giving the pids of the ``ranks`` workers waiting at ``gate`` (GatedPretrainTask writes one
+    marker per rank), or None while one is not there yet."""
+    markers = [gate / f"waiting-rank{r}" for r in range(ranks)]
+
+    def waiting_pids() -> list[int] | None:
+        try:
+            return [int(m.read_text()) for m in markers]
+        except FileNotFoundError:
+            return None
+
+    return waiting_pids
+
+
 def ray_train_workers() -> dict[int, psutil.Process]:
     """Ray Train worker processes started by this test process's Ray (the raylet, a child of this
     process, forks the workers; Ray titles an actor's process ``ray::<ActorClass>...``)."""
@@ -93,14 +107,7 @@ def test_killed_worker_restarts_from_last_checkpoint(tmp_path):
     fit_thread = threading.Thread(target=run, daemon=True)
     fit_thread.start()
 
-    markers = [gate / f"waiting-rank{r}" for r in range(2)]
-
-    def waiting_pids() -> list[int] | None:
-        try:
-            return [int(m.read_text()) for m in markers]
-        except FileNotFoundError:
-            return None
-
+    waiting_pids = gate_pids(gate)
     pids = wait_for("both ranks at the gate", waiting_pids, fit_thread, errors)
     assert wait_for("the first checkpoint registered", lambda: registered_checkpoint_step(os.path.join(storage, name)),
                     fit_thread, errors) == CHECKPOINT_EVERY
